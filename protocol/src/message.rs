@@ -1,0 +1,411 @@
+//! Requests (client to server) and reply header lines (server to client).
+//!
+//! Each message is one text line: a command word, fixed fields separated
+//! by single spaces, and for messages about a file the name last, taking
+//! the rest of the line (so names may contain spaces). Binary bytes only
+//! follow a `DATA <length>` line, and exactly that many.
+
+use std::fmt;
+
+use crate::error::ProtocolError;
+use crate::name::validate_name;
+
+/// A request line sent by a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `FASTDL <version>`: must come first on every connection.
+    Hello { version: u32 },
+    /// `LIST`: the published list.
+    List,
+    /// `GET <offset> <length> <name>`: a ranged read of a listed file.
+    Get {
+        offset: u64,
+        length: u64,
+        name: String,
+    },
+    /// `PIECES <name>`: the per-piece digests of a listed file.
+    Pieces { name: String },
+    /// `QUIT`: the server answers `BYE` and closes.
+    Quit,
+}
+
+/// Machine-readable error classes carried by `ERROR <CODE> <message>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The requested protocol version is not spoken here.
+    Version,
+    /// A request came before `FASTDL <version>`.
+    Handshake,
+    /// The server is at a connection or plan limit; try again later.
+    Busy,
+    /// The file changed since it was listed; fetch the list again.
+    Changed,
+    /// A request line was too long.
+    TooLong,
+    /// The peer was idle or too slow.
+    Timeout,
+    /// A range larger than the server allows.
+    Limit,
+    /// The server failed to read the file.
+    Io,
+    /// A code this build does not know (from a newer peer).
+    Other(String),
+}
+
+impl ErrorCode {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::Version => "VERSION",
+            ErrorCode::Handshake => "HANDSHAKE",
+            ErrorCode::Busy => "BUSY",
+            ErrorCode::Changed => "CHANGED",
+            ErrorCode::TooLong => "TOO_LONG",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Limit => "LIMIT",
+            ErrorCode::Io => "IO",
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    fn parse(code: &str) -> ErrorCode {
+        match code {
+            "VERSION" => ErrorCode::Version,
+            "HANDSHAKE" => ErrorCode::Handshake,
+            "BUSY" => ErrorCode::Busy,
+            "CHANGED" => ErrorCode::Changed,
+            "TOO_LONG" => ErrorCode::TooLong,
+            "TIMEOUT" => ErrorCode::Timeout,
+            "LIMIT" => ErrorCode::Limit,
+            "IO" => ErrorCode::Io,
+            other => ErrorCode::Other(other.to_owned()),
+        }
+    }
+}
+
+/// A reply header line sent by a server. The lines of a listing and of a
+/// digest list are parsed by [`crate::listing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `FASTDL <version>`: the handshake was accepted.
+    Hello { version: u32 },
+    /// `LIST <count>`: `count` entry lines follow, then `END`.
+    List { count: u64 },
+    /// `DATA <length>`: exactly `length` raw bytes follow.
+    Data { length: u64 },
+    /// `PIECES <size> <piece_size> <count>`: `count` digest lines follow, then `END`.
+    Pieces {
+        size: u64,
+        piece_size: u64,
+        count: u64,
+    },
+    /// `END`: closes a multi-line reply.
+    End,
+    /// `WRONG_INPUT <reason>`: the request named something that is not served.
+    WrongInput { reason: String },
+    /// `ERROR <CODE> <message>`: any other failure.
+    Error { code: ErrorCode, message: String },
+    /// `BYE`: answer to `QUIT`; the server closes the connection.
+    Bye,
+}
+
+/// Replaces characters that would break the one-line framing.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn parse_u64(field: &str, what: &'static str, line: &str) -> Result<u64, ProtocolError> {
+    if field.is_empty() || field.len() > 20 || !field.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ProtocolError::malformed(what, line));
+    }
+    field
+        .parse()
+        .map_err(|_| ProtocolError::malformed(what, line))
+}
+
+fn parse_u32(field: &str, what: &'static str, line: &str) -> Result<u32, ProtocolError> {
+    let value = parse_u64(field, what, line)?;
+    u32::try_from(value).map_err(|_| ProtocolError::malformed(what, line))
+}
+
+/// Splits off the command word; the command is case-insensitive for people
+/// typing into `nc`.
+fn command(line: &str) -> (String, &str) {
+    match line.split_once(' ') {
+        Some((cmd, rest)) => (cmd.to_ascii_uppercase(), rest),
+        None => (line.to_ascii_uppercase(), ""),
+    }
+}
+
+fn no_args(rest: &str, what: &'static str, line: &str) -> Result<(), ProtocolError> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(ProtocolError::malformed(what, line))
+    }
+}
+
+fn parse_name(rest: &str) -> Result<String, ProtocolError> {
+    validate_name(rest)?;
+    Ok(rest.to_owned())
+}
+
+impl Request {
+    /// Parses one request line (without its line ending).
+    pub fn parse(line: &str) -> Result<Request, ProtocolError> {
+        let (cmd, rest) = command(line);
+        match cmd.as_str() {
+            "FASTDL" => Ok(Request::Hello {
+                version: parse_u32(rest, "FASTDL version", line)?,
+            }),
+            "LIST" => no_args(rest, "LIST", line).map(|_| Request::List),
+            "QUIT" => no_args(rest, "QUIT", line).map(|_| Request::Quit),
+            "GET" => {
+                let mut fields = rest.splitn(3, ' ');
+                let (Some(offset), Some(length), Some(name)) =
+                    (fields.next(), fields.next(), fields.next())
+                else {
+                    return Err(ProtocolError::malformed(
+                        "GET (want GET <offset> <length> <name>)",
+                        line,
+                    ));
+                };
+                Ok(Request::Get {
+                    offset: parse_u64(offset, "GET offset", line)?,
+                    length: parse_u64(length, "GET length", line)?,
+                    name: parse_name(name)?,
+                })
+            }
+            "PIECES" => Ok(Request::Pieces {
+                name: parse_name(rest)?,
+            }),
+            _ => Err(ProtocolError::malformed("request (unknown command)", line)),
+        }
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Hello { version } => write!(f, "FASTDL {version}"),
+            Request::List => f.write_str("LIST"),
+            Request::Get {
+                offset,
+                length,
+                name,
+            } => write!(f, "GET {offset} {length} {name}"),
+            Request::Pieces { name } => write!(f, "PIECES {name}"),
+            Request::Quit => f.write_str("QUIT"),
+        }
+    }
+}
+
+impl Reply {
+    /// Parses one reply header line (without its line ending).
+    pub fn parse(line: &str) -> Result<Reply, ProtocolError> {
+        let (cmd, rest) = command(line);
+        match cmd.as_str() {
+            "FASTDL" => Ok(Reply::Hello {
+                version: parse_u32(rest, "FASTDL version", line)?,
+            }),
+            "LIST" => Ok(Reply::List {
+                count: parse_u64(rest, "LIST count", line)?,
+            }),
+            "DATA" => Ok(Reply::Data {
+                length: parse_u64(rest, "DATA length", line)?,
+            }),
+            "PIECES" => {
+                let fields: Vec<&str> = rest.split(' ').collect();
+                let [size, piece_size, count] = fields[..] else {
+                    return Err(ProtocolError::malformed("PIECES header", line));
+                };
+                Ok(Reply::Pieces {
+                    size: parse_u64(size, "PIECES size", line)?,
+                    piece_size: parse_u64(piece_size, "PIECES piece size", line)?,
+                    count: parse_u64(count, "PIECES count", line)?,
+                })
+            }
+            "END" => no_args(rest, "END", line).map(|_| Reply::End),
+            "BYE" => no_args(rest, "BYE", line).map(|_| Reply::Bye),
+            "WRONG_INPUT" => Ok(Reply::WrongInput {
+                reason: rest.to_owned(),
+            }),
+            "ERROR" => {
+                let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+                if code.is_empty() {
+                    return Err(ProtocolError::malformed("ERROR code", line));
+                }
+                Ok(Reply::Error {
+                    code: ErrorCode::parse(code),
+                    message: message.to_owned(),
+                })
+            }
+            _ => Err(ProtocolError::malformed("reply", line)),
+        }
+    }
+
+    pub fn wrong_input(reason: impl Into<String>) -> Reply {
+        Reply::WrongInput {
+            reason: reason.into(),
+        }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reply::Hello { version } => write!(f, "FASTDL {version}"),
+            Reply::List { count } => write!(f, "LIST {count}"),
+            Reply::Data { length } => write!(f, "DATA {length}"),
+            Reply::Pieces {
+                size,
+                piece_size,
+                count,
+            } => {
+                write!(f, "PIECES {size} {piece_size} {count}")
+            }
+            Reply::End => f.write_str("END"),
+            Reply::WrongInput { reason } => write!(f, "WRONG_INPUT {}", one_line(reason)),
+            Reply::Error { code, message } => {
+                write!(
+                    f,
+                    "ERROR {} {}",
+                    one_line(code.as_str()).replace(' ', "_"),
+                    one_line(message)
+                )
+            }
+            Reply::Bye => f.write_str("BYE"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let cases = [
+            Request::Hello { version: 1 },
+            Request::List,
+            Request::Quit,
+            Request::Get {
+                offset: 0,
+                length: 0,
+                name: "a".into(),
+            },
+            Request::Get {
+                offset: u64::MAX,
+                length: 1 << 20,
+                name: "my dir/ünï cødé file.txt".into(),
+            },
+            Request::Pieces { name: "x y".into() },
+        ];
+        for req in cases {
+            let line = req.to_string();
+            assert_eq!(Request::parse(&line).unwrap(), req, "{line}");
+        }
+    }
+
+    #[test]
+    fn request_text_is_what_a_person_types() {
+        assert_eq!(
+            Request::parse("get 10 20 my file.txt").unwrap(),
+            Request::Get {
+                offset: 10,
+                length: 20,
+                name: "my file.txt".into()
+            }
+        );
+        assert_eq!(Request::parse("list").unwrap(), Request::List);
+        assert_eq!(
+            Request::Get {
+                offset: 1,
+                length: 2,
+                name: "a b".into()
+            }
+            .to_string(),
+            "GET 1 2 a b"
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        for line in [
+            "",
+            "HELLO",
+            "FASTDL",
+            "FASTDL x",
+            "FASTDL 99999999999",
+            "LIST extra",
+            "GET",
+            "GET 1 2",
+            "GET -1 2 a",
+            "GET +1 2 a",
+            "GET 1 99999999999999999999 a",
+            "GET 1 2 ../etc/passwd",
+            "GET 1 2 /etc/hostname",
+            "GET 1 2 a\\b",
+            "GET  1 2 a",
+            "PIECES",
+            "PIECES ../x",
+        ] {
+            assert!(Request::parse(line).is_err(), "{line:?} parsed");
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let cases = [
+            Reply::Hello { version: 1 },
+            Reply::List { count: 3 },
+            Reply::Data { length: 12345 },
+            Reply::Pieces {
+                size: 5,
+                piece_size: 1 << 20,
+                count: 1,
+            },
+            Reply::End,
+            Reply::Bye,
+            Reply::wrong_input("not listed: x y"),
+            Reply::error(ErrorCode::Busy, "too many connections (limit 256)"),
+            Reply::error(ErrorCode::Other("NEW_THING".into()), "from the future"),
+        ];
+        for reply in cases {
+            let line = reply.to_string();
+            assert_eq!(Reply::parse(&line).unwrap(), reply, "{line}");
+        }
+    }
+
+    #[test]
+    fn reply_text_never_spans_lines() {
+        let line = Reply::wrong_input("a\nb\rc").to_string();
+        assert_eq!(line, "WRONG_INPUT a b c");
+        let line = Reply::error(ErrorCode::Io, "x\ny").to_string();
+        assert_eq!(line, "ERROR IO x y");
+    }
+
+    #[test]
+    fn bad_replies_are_refused() {
+        for line in [
+            "",
+            "OK",
+            "DATA",
+            "DATA -5",
+            "LIST x",
+            "PIECES 1 2",
+            "END x",
+            "ERROR",
+        ] {
+            assert!(Reply::parse(line).is_err(), "{line:?} parsed");
+        }
+    }
+}
