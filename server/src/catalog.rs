@@ -1,0 +1,381 @@
+//! The catalog: what the server publishes.
+//!
+//! It scans the resources folder (recursively, regular files only, hidden
+//! entries skipped, symlinks only when they resolve to a regular file
+//! inside the folder), computes each file's BLAKE3 piece tree once per
+//! (path, size, mtime), publishes an immutable [`Snapshot`] that sessions
+//! read without locking, and rewrites the list file atomically whenever
+//! the published list changes.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufReader, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use fastdl_protocol::{validate_name, Entry, Listing, PieceTree};
+use log::{debug, info, warn};
+use walkdir::WalkDir;
+
+/// What the server knows about one published file.
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    /// The real (canonical) path the name resolved to when it was listed.
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub tree: Arc<PieceTree>,
+}
+
+/// One published state of the folder: the list and the files behind it.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub listing: Listing,
+    pub files: HashMap<String, FileInfo>,
+}
+
+/// The folder being published and its current snapshot.
+pub struct Catalog {
+    root: PathBuf,
+    list_path: PathBuf,
+    /// Paths never to publish (the list file and the log, if they sit inside).
+    excluded: Vec<PathBuf>,
+    current: RwLock<Arc<Snapshot>>,
+    /// Digest cache: canonical path -> (size, mtime, tree).
+    cache: Mutex<HashMap<PathBuf, FileInfo>>,
+    scan_lock: Mutex<()>,
+}
+
+impl Catalog {
+    /// Opens the folder `dir`; nothing is scanned yet.
+    pub fn new(dir: &Path, list_path: &Path, excluded: &[&Path]) -> Result<Catalog> {
+        let root = fs::canonicalize(dir).with_context(|| {
+            format!(
+                "resources folder {} cannot be opened (create it, or pass --dir)",
+                dir.display()
+            )
+        })?;
+        if !root.is_dir() {
+            anyhow::bail!("{} is not a folder", dir.display());
+        }
+        let excluded = excluded.iter().filter_map(|p| absolute(p).ok()).collect();
+        Ok(Catalog {
+            root,
+            list_path: list_path.to_path_buf(),
+            excluded,
+            current: RwLock::new(Arc::new(Snapshot::default())),
+            cache: Mutex::new(HashMap::new()),
+            scan_lock: Mutex::new(()),
+        })
+    }
+
+    /// The canonical resources folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The snapshot sessions serve from.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Scans the folder, hashes what is new or changed, publishes the result
+    /// and rewrites the list file if the list changed. Returns whether it did.
+    pub fn rescan(&self) -> Result<bool> {
+        let _one_at_a_time = self.scan_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let found = self.walk();
+        let mut files = HashMap::with_capacity(found.len());
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh_cache = HashMap::with_capacity(found.len());
+        for (name, path, size, mtime) in found {
+            let cached = cache
+                .get(&path)
+                .filter(|c| c.size == size && c.mtime == mtime)
+                .cloned();
+            let info = match cached {
+                Some(info) => info,
+                None => match hash_file(&path, size, mtime) {
+                    Ok(Some(info)) => info,
+                    Ok(None) => {
+                        debug!("{name}: changed while hashing; will retry on the next scan");
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!("{name}: cannot read, not listed: {e:#}");
+                        continue;
+                    }
+                },
+            };
+            fresh_cache.insert(path, info.clone());
+            files.insert(name, info);
+        }
+        *cache = fresh_cache;
+        drop(cache);
+
+        let entries = files
+            .iter()
+            .map(|(name, info)| Entry {
+                name: name.clone(),
+                size: info.size,
+                digest: info.tree.root,
+            })
+            .collect();
+        let listing = Listing::new(entries);
+        let previous = self.snapshot();
+        let changed = previous.listing != listing || !self.list_path.exists();
+        if changed {
+            self.write_list(&listing)?;
+            log_changes(&previous.listing, &listing);
+        }
+        let snapshot = Arc::new(Snapshot { listing, files });
+        match self.current.write() {
+            Ok(mut guard) => *guard = snapshot,
+            Err(poisoned) => *poisoned.into_inner() = snapshot,
+        }
+        Ok(changed)
+    }
+
+    /// Lists candidate files: (name, canonical path, size, mtime).
+    fn walk(&self) -> Vec<(String, PathBuf, u64, SystemTime)> {
+        let mut found = Vec::new();
+        let walker = WalkDir::new(&self.root)
+            .follow_links(false)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || !is_hidden(e.file_name()));
+        for entry in walker {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    warn!("scan: {e}");
+                    continue;
+                }
+            };
+            let file_type = entry.file_type();
+            if file_type.is_dir() {
+                continue;
+            }
+            let Some(name) = self.name_of(entry.path()) else {
+                continue;
+            };
+            // Symlinks count only when they resolve to a regular file inside
+            // the folder; everything else that is not a regular file is skipped.
+            let real = match fs::canonicalize(entry.path()) {
+                Ok(real) => real,
+                Err(e) => {
+                    debug!("{name}: skipped ({e})");
+                    continue;
+                }
+            };
+            if file_type.is_symlink() && !real.starts_with(&self.root) {
+                warn!("{name}: symlink leads out of the folder, not listed");
+                continue;
+            }
+            if self.excluded.contains(&real) {
+                continue;
+            }
+            let meta = match fs::metadata(&real) {
+                Ok(meta) if meta.is_file() => meta,
+                _ => continue,
+            };
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            found.push((name, real, meta.len(), mtime));
+        }
+        found
+    }
+
+    /// The protocol name of a path under the root, if it is a valid name.
+    fn name_of(&self, path: &Path) -> Option<String> {
+        let rel = path.strip_prefix(&self.root).ok()?;
+        let mut parts = Vec::new();
+        for component in rel.components() {
+            match component {
+                Component::Normal(part) => match part.to_str() {
+                    Some(part) => parts.push(part),
+                    None => {
+                        warn!("{}: name is not valid UTF-8, not listed", path.display());
+                        return None;
+                    }
+                },
+                _ => return None,
+            }
+        }
+        let name = parts.join("/");
+        match validate_name(&name) {
+            Ok(()) => Some(name),
+            Err(e) => {
+                warn!("{name:?}: not listed ({e})");
+                None
+            }
+        }
+    }
+
+    /// Replaces the list file atomically: temp file, fsync, rename.
+    fn write_list(&self, listing: &Listing) -> Result<()> {
+        let path = &self.list_path;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = path
+            .file_name()
+            .context("list file path has no file name")?
+            .to_string_lossy();
+        let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(listing.to_text().as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)
+        };
+        write().with_context(|| format!("cannot write list file {}", path.display()))?;
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Hashes a file; `Ok(None)` if it changed while being hashed.
+fn hash_file(path: &Path, size: u64, mtime: SystemTime) -> Result<Option<FileInfo>> {
+    let file = File::open(path)?;
+    let reader = BufReader::with_capacity(1 << 20, &file);
+    let tree = match PieceTree::from_reader(reader, size) {
+        Ok(tree) => tree,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let meta = file.metadata()?;
+    if meta.len() != size || meta.modified().ok() != Some(mtime) {
+        return Ok(None);
+    }
+    Ok(Some(FileInfo {
+        path: path.to_path_buf(),
+        size,
+        mtime,
+        tree: Arc::new(tree),
+    }))
+}
+
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().first() == Some(&b'.')
+}
+
+fn absolute(path: &Path) -> std::io::Result<PathBuf> {
+    match fs::canonicalize(path) {
+        Ok(p) => Ok(p),
+        Err(_) => {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            let dir = fs::canonicalize(parent.unwrap_or(Path::new(".")))?;
+            Ok(dir.join(path.file_name().unwrap_or_default()))
+        }
+    }
+}
+
+fn log_changes(before: &Listing, after: &Listing) {
+    let added = after
+        .entries()
+        .iter()
+        .filter(|e| before.get(&e.name).is_none())
+        .count();
+    let removed = before
+        .entries()
+        .iter()
+        .filter(|e| after.get(&e.name).is_none())
+        .count();
+    let changed = after
+        .entries()
+        .iter()
+        .filter(|e| before.get(&e.name).is_some_and(|b| b != *e))
+        .count();
+    info!(
+        "list updated: {} files ({added} added, {removed} removed, {changed} changed)",
+        after.len()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastdl_protocol::Digest;
+
+    fn catalog(dir: &Path) -> (tempfile::TempDir, Catalog) {
+        let out = tempfile::tempdir().unwrap();
+        let list = out.path().join("text.txt");
+        let cat = Catalog::new(dir, &list, &[]).unwrap();
+        (out, cat)
+    }
+
+    #[test]
+    fn lists_regular_files_with_digests_and_skips_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.txt"), b"hello").unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/b c.bin"), b"").unwrap();
+        fs::write(dir.path().join(".secret"), b"x").unwrap();
+        fs::create_dir(dir.path().join(".git")).unwrap();
+        fs::write(dir.path().join(".git/config"), b"x").unwrap();
+        let (out, cat) = catalog(dir.path());
+        assert!(cat.rescan().unwrap());
+        let snap = cat.snapshot();
+        let names: Vec<_> = snap
+            .listing
+            .entries()
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["a.txt", "sub/b c.bin"]);
+        assert_eq!(
+            snap.listing.get("a.txt").unwrap().digest,
+            Digest::of(b"hello")
+        );
+        let text = fs::read_to_string(out.path().join("text.txt")).unwrap();
+        assert!(text.starts_with("1) a.txt\t5\t"), "{text}");
+        assert!(!cat.rescan().unwrap(), "nothing changed");
+    }
+
+    #[test]
+    fn symlinks_out_of_the_folder_are_not_listed() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"s").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("real"), b"r").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("out")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("in")).unwrap();
+        let (_out, cat) = catalog(dir.path());
+        cat.rescan().unwrap();
+        let snap = cat.snapshot();
+        assert!(snap.listing.get("out").is_none());
+        assert!(snap.listing.get("in").is_some());
+        assert!(snap.listing.get("real").is_some());
+    }
+
+    #[test]
+    fn changes_are_seen_on_rescan() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a"), b"1").unwrap();
+        let (_out, cat) = catalog(dir.path());
+        cat.rescan().unwrap();
+        fs::write(dir.path().join("a"), b"22").unwrap();
+        fs::write(dir.path().join("b"), b"3").unwrap();
+        assert!(cat.rescan().unwrap());
+        let snap = cat.snapshot();
+        assert_eq!(snap.listing.get("a").unwrap().size, 2);
+        fs::remove_file(dir.path().join("b")).unwrap();
+        assert!(cat.rescan().unwrap());
+        assert!(cat.snapshot().listing.get("b").is_none());
+    }
+
+    #[test]
+    fn missing_folder_is_a_clear_error() {
+        let err = Catalog::new(Path::new("/nonexistent/fastdl"), Path::new("t"), &[])
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("--dir"));
+    }
+}

@@ -1,0 +1,85 @@
+//! Command-line options of `fastdl-server`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use log::LevelFilter;
+
+/// Publishes the files of a folder and serves them to fastdl clients.
+///
+/// The server scans --dir recursively, lists every regular file (hidden
+/// files and symlinks leading out of the folder are never listed), writes
+/// the list to --list and keeps it current as files come and go. Clients
+/// connect to --port, fetch the list and download files over as many
+/// connections as they like. Stop it with Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "fastdl-server", version, about, long_about)]
+pub struct Args {
+    /// Address to listen on (0.0.0.0: every interface; 127.0.0.1: this machine only).
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    pub bind: IpAddr,
+
+    /// Port to listen on; repeat to listen on several ports. 0 picks a free port.
+    #[arg(long = "port", value_name = "PORT", default_values_t = [fastdl_protocol::DEFAULT_PORT])]
+    pub ports: Vec<u16>,
+
+    /// Folder whose files are published.
+    #[arg(long, default_value = "resources", value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// File the published list is written to (replaced atomically on every change).
+    #[arg(long, default_value = "text.txt", value_name = "FILE")]
+    pub list: PathBuf,
+
+    /// Log file (appended to).
+    #[arg(long, default_value = "server.log", value_name = "FILE")]
+    pub log: PathBuf,
+
+    /// Log a status line (connections, transfers, bytes, throughput, per port) every SECS seconds; 0 = never.
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub status_interval: u64,
+
+    /// Rescan the folder every SECS seconds, besides reacting to file-system events.
+    #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rescan: u64,
+
+    /// Most connections served at once; past it a client gets "ERROR BUSY".
+    #[arg(long, default_value_t = 512, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Most connections served at once for one client address.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_per_client: u64,
+
+    /// Close a connection that sends no request for SECS seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+
+    /// Close a connection whose reader accepts no data for SECS seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout: u64,
+
+    /// Largest byte range one GET may ask for.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_range: u64,
+
+    /// More detail in the log (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only warnings and errors on the terminal.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl Args {
+    pub fn level(&self) -> LevelFilter {
+        match (self.quiet, self.verbose) {
+            (true, _) => LevelFilter::Warn,
+            (false, 0) => LevelFilter::Info,
+            (false, 1) => LevelFilter::Debug,
+            _ => LevelFilter::Trace,
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Counters for the status report, and the thread that logs it every
+//! `--status-interval` seconds.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::info;
+
+use crate::shutdown::Shutdown;
+
+/// Counters of one listening port.
+#[derive(Debug, Default)]
+pub struct PortStats {
+    pub port: u16,
+    pub accepted: AtomicU64,
+    pub active: AtomicUsize,
+    pub bytes_sent: AtomicU64,
+}
+
+/// Counters of the whole server.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub ports: Vec<PortStats>,
+    pub active_transfers: AtomicUsize,
+    pub refused: AtomicU64,
+}
+
+impl Stats {
+    pub fn new(ports: &[u16]) -> Stats {
+        Stats {
+            ports: ports
+                .iter()
+                .map(|&port| PortStats {
+                    port,
+                    ..PortStats::default()
+                })
+                .collect(),
+            ..Stats::default()
+        }
+    }
+
+    fn total_sent(&self) -> u64 {
+        self.ports
+            .iter()
+            .map(|p| p.bytes_sent.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn total_active(&self) -> usize {
+        self.ports
+            .iter()
+            .map(|p| p.active.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Human-readable byte count (binary units).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Logs a status line every `interval` until shutdown.
+pub fn run_reporter(stats: Arc<Stats>, interval: Duration, shutdown: Arc<Shutdown>) {
+    let mut last_sent = stats.total_sent();
+    let mut last_time = Instant::now();
+    let tick = Duration::from_millis(100);
+    while !shutdown.is_requested() {
+        if last_time.elapsed() < interval {
+            std::thread::sleep(tick.min(interval));
+            continue;
+        }
+        let sent = stats.total_sent();
+        let secs = last_time.elapsed().as_secs_f64().max(1e-9);
+        let rate = (sent - last_sent) as f64 / secs;
+        last_sent = sent;
+        last_time = Instant::now();
+        let ports: Vec<String> = stats
+            .ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "port {}: {} open, {} accepted, {} sent",
+                    p.port,
+                    p.active.load(Ordering::Relaxed),
+                    p.accepted.load(Ordering::Relaxed),
+                    human_bytes(p.bytes_sent.load(Ordering::Relaxed))
+                )
+            })
+            .collect();
+        info!(
+            "status: {} connections, {} active transfers, {} sent, {}/s, {} refused | {}",
+            stats.total_active(),
+            stats.active_transfers.load(Ordering::Relaxed),
+            human_bytes(sent),
+            human_bytes(rate as u64),
+            stats.refused.load(Ordering::Relaxed),
+            ports.join(" | ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}
