@@ -7,9 +7,7 @@ mod catalog;
 mod cli;
 mod limits;
 mod listener;
-mod logging;
 mod session;
-mod shutdown;
 mod status;
 mod transfer;
 mod watcher;
@@ -27,8 +25,8 @@ use crate::catalog::Catalog;
 use crate::cli::Args;
 use crate::limits::ConnectionLimits;
 use crate::session::{SessionConfig, Shared};
-use crate::shutdown::Shutdown;
 use crate::status::Stats;
+use fastdl_support::shutdown::Shutdown;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -43,7 +41,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    logging::init(args.level(), &args.log)?;
+    fastdl_support::logging::init(args.level(), &args.log, None)?;
     let shutdown = Arc::new(Shutdown::default());
     {
         let shutdown = Arc::clone(&shutdown);

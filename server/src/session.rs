@@ -19,9 +19,10 @@ use fastdl_protocol::{ErrorCode, ProtocolError, Reply, Request, MAX_REQUEST_LINE
 use log::{debug, info, warn};
 
 use crate::catalog::Catalog;
-use crate::shutdown::Shutdown;
-use crate::status::{human_bytes, PortStats, Stats};
+use crate::status::{PortStats, Stats};
 use crate::transfer::{open_listed, send_range, OpenError};
+use fastdl_support::human_bytes;
+use fastdl_support::shutdown::Shutdown;
 
 /// Settings every session shares.
 #[derive(Debug, Clone)]

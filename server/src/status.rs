@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
-use crate::shutdown::Shutdown;
+use fastdl_support::human_bytes;
+use fastdl_support::shutdown::Shutdown;
 
 /// Counters of one listening port.
 #[derive(Debug, Default)]
@@ -55,22 +56,6 @@ impl Stats {
     }
 }
 
-/// Human-readable byte count (binary units).
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 /// Logs a status line every `interval` until shutdown.
 pub fn run_reporter(stats: Arc<Stats>, interval: Duration, shutdown: Arc<Shutdown>) {
     let mut last_sent = stats.total_sent();
@@ -108,18 +93,5 @@ pub fn run_reporter(stats: Arc<Stats>, interval: Duration, shutdown: Arc<Shutdow
             stats.refused.load(Ordering::Relaxed),
             ports.join(" | ")
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_bytes_reads_well() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 }

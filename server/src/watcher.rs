@@ -10,7 +10,7 @@ use log::{debug, warn};
 use notify::{RecursiveMode, Watcher};
 
 use crate::catalog::Catalog;
-use crate::shutdown::Shutdown;
+use fastdl_support::shutdown::Shutdown;
 
 /// How long events must be quiet before a rescan (editors and copies
 /// produce bursts).

@@ -1,0 +1,76 @@
+//! Plumbing shared by `fastdl-server` and `fastdl-client`: the shutdown
+//! registry, logging to terminal and file, and byte formatting. Nothing
+//! about the protocol lives here.
+
+pub mod logging;
+pub mod shutdown;
+
+/// Human-readable byte count (binary units).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Parses a byte count with an optional K, M or G suffix (binary, as curl
+/// and aria2 do): `500K`, `1.5M`, `2G`, `1048576`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, scale) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let scale: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown unit {c:?} in {text:?} (use K, M or G)")),
+            };
+            (&text[..i], scale)
+        }
+        _ => (text, 1),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count (examples: 500K, 2M, 1G)"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(format!("{text:?} must be more than zero"));
+    }
+    let bytes = value * scale as f64;
+    if bytes > u64::MAX as f64 / 2.0 {
+        return Err(format!("{text:?} is too large"));
+    }
+    Ok((bytes as u64).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn byte_counts_parse_like_curl() {
+        assert_eq!(parse_bytes("100"), Ok(100));
+        assert_eq!(parse_bytes("500K"), Ok(500 << 10));
+        assert_eq!(parse_bytes("2m"), Ok(2 << 20));
+        assert_eq!(parse_bytes("1.5M"), Ok(3 << 19));
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        for bad in ["", "x", "0", "-5K", "5T", "K", "nan"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+    }
+}
