@@ -1,1 +1,187 @@
-fn main() {}
+//! `fastdl-client`: shows a fastdl server's list, then downloads the names
+//! written to input.txt, verified, into the output folder.
+//!
+//! Wiring only: options, logging and progress, the first list, the input
+//! watcher, the scheduler, Ctrl-C and the exit status.
+
+mod cli;
+mod connection;
+mod download;
+mod fetcher;
+mod input;
+mod pieces;
+mod pool;
+mod progress;
+mod ratelimit;
+mod scheduler;
+mod store;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use fastdl_protocol::Listing;
+use fastdl_support::human_bytes;
+use fastdl_support::shutdown::Shutdown;
+use log::{error, info, warn};
+
+use crate::cli::Args;
+use crate::connection::Connection;
+use crate::download::Downloader;
+use crate::input::InputWatcher;
+use crate::pool::Pool;
+use crate::progress::Progress;
+use crate::ratelimit::RateLimit;
+use crate::scheduler::Scheduler;
+
+/// Exit status when Ctrl-C interrupted a `--once` run.
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("fastdl-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    let bars = !args.quiet && std::io::stderr().is_terminal();
+    let progress = Arc::new(Progress::new(bars));
+    fastdl_support::logging::init(args.level(), &args.log, progress.log_writer())?;
+    let shutdown = Arc::new(Shutdown::default());
+    {
+        let shutdown = Arc::clone(&shutdown);
+        ctrlc::set_handler(move || shutdown.trigger())
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create the output folder {}", args.out.display()))?;
+
+    let addr = connection::resolve(&args.server).with_context(|| {
+        format!(
+            "cannot resolve server address {:?} (want HOST:PORT)",
+            args.server
+        )
+    })?;
+    let Some(listing) = first_listing(addr, &args, &shutdown)? else {
+        return Ok(interrupted(args.once));
+    };
+    print_listing(&listing);
+
+    let connections = args.connections as usize;
+    let jobs = args.jobs as usize;
+    let downloader = Arc::new(Downloader {
+        pool: Pool::new(addr, connections * jobs),
+        out: args.out.clone(),
+        connections,
+        limit: args.limit_rate.map(RateLimit::new),
+        progress,
+        shutdown: Arc::clone(&shutdown),
+    });
+    let poll = Duration::from_secs(args.poll);
+    let scheduler = Scheduler::new(
+        downloader,
+        listing,
+        jobs,
+        args.once,
+        args.retries,
+        poll,
+        Arc::clone(&shutdown),
+    );
+
+    let (names_tx, names_rx) = crossbeam_channel::unbounded();
+    if args.once {
+        let content = input::read_input(&args.input)
+            .with_context(|| format!("cannot read {}", args.input.display()))?
+            .with_context(|| format!("{} does not exist", args.input.display()))?;
+        let _ = names_tx.send(input::parse_names(&content));
+        drop(names_tx);
+    } else {
+        info!(
+            "watching {} for names; Ctrl-C to stop",
+            args.input.display()
+        );
+        let watcher = InputWatcher::new(&args.input, poll, names_tx, Arc::clone(&shutdown));
+        std::thread::Builder::new()
+            .name("input".into())
+            .spawn(move || watcher.run())?;
+    }
+
+    let summary = scheduler.run(names_rx);
+    if summary.cancelled {
+        info!("stopped; unfinished downloads keep their part files and start again next time");
+        return Ok(interrupted(args.once));
+    }
+    info!(
+        "{} downloaded, {} already present, {} failed",
+        summary.downloaded,
+        summary.already_had,
+        summary.failed.len()
+    );
+    for (name, why) in &summary.failed {
+        eprintln!("failed: {name}: {why}");
+    }
+    Ok(if summary.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn interrupted(once: bool) -> ExitCode {
+    if once {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Fetches the list, retrying with backoff: forever in watch mode, up to
+/// `--retries` times with `--once`. `None` if interrupted.
+fn first_listing(addr: SocketAddr, args: &Args, shutdown: &Shutdown) -> Result<Option<Listing>> {
+    let mut attempt = 0u64;
+    loop {
+        let result = Connection::open(addr).and_then(|mut conn| {
+            let listing = conn.list();
+            conn.quit();
+            listing
+        });
+        match result {
+            Ok(listing) => return Ok(Some(listing)),
+            Err(e) => {
+                attempt += 1;
+                if args.once && attempt >= args.retries {
+                    bail!("cannot get the list from server {addr}: {e}");
+                }
+                let wait = Duration::from_secs(1 << attempt.min(5));
+                warn!(
+                    "cannot get the list from server {addr} ({e}); retrying in {} s",
+                    wait.as_secs()
+                );
+                let until = std::time::Instant::now() + wait;
+                while std::time::Instant::now() < until {
+                    if shutdown.is_requested() {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
+fn print_listing(listing: &Listing) {
+    println!("{} files on the server:", listing.len());
+    for (i, entry) in listing.entries().iter().enumerate() {
+        println!("{}) {}  {}", i + 1, entry.name, human_bytes(entry.size));
+    }
+}

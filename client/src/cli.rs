@@ -1,0 +1,92 @@
+//! Command-line options of `fastdl-client`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use log::LevelFilter;
+
+/// Downloads the files named in an input file from a fastdl server.
+///
+/// On start the client prints the server's list. Then it watches --input:
+/// every name appended to it (one per line; blank lines and # comments are
+/// skipped) that the server lists is downloaded into --out over parallel
+/// connections, verified piece by piece and as a whole (size and BLAKE3),
+/// flushed to disk, and only then given its final name. A file already in
+/// --out with the same content is skipped; a different one is never
+/// overwritten: the new download is kept as "name (1).ext". Names the
+/// server does not list are reported once and checked again whenever the
+/// list is fetched again. Stop with Ctrl-C: unfinished downloads leave
+/// hidden part files behind.
+///
+/// With --once, the client reads the input file once, downloads every name
+/// in it, and exits 0 only if all of them were downloaded and verified.
+#[derive(Debug, Parser)]
+#[command(name = "fastdl-client", version, about, long_about)]
+pub struct Args {
+    /// Server to download from, as HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1337", value_name = "HOST:PORT")]
+    pub server: String,
+
+    /// File of names to download, one per line (only ever read, never changed).
+    #[arg(long, default_value = "input.txt", value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// Folder the downloaded files are saved into.
+    #[arg(long, default_value = "data", value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Parallel connections per file.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub connections: u64,
+
+    /// Files downloaded at once.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub jobs: u64,
+
+    /// Also re-read the input file every SECS seconds (besides file-system events),
+    /// and re-fetch the list this often while names wait for the server.
+    #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub poll: u64,
+
+    /// Limit the total download rate, in bytes per second; K, M and G suffixes
+    /// (binary) as in curl and aria2: 500K, 2M, 1G.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub limit_rate: Option<u64>,
+
+    /// Read the input file once, download everything in it, and exit:
+    /// 0 if every name was downloaded and verified, 1 otherwise.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Attempts per file in --once mode before it counts as failed (watch
+    /// mode retries until the file is done or no longer listed).
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub retries: u64,
+
+    /// Log file (appended to).
+    #[arg(long, default_value = "client.log", value_name = "FILE")]
+    pub log: PathBuf,
+
+    /// More detail (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// No progress bars; only warnings and errors on the terminal.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    fastdl_support::parse_bytes(text)
+}
+
+impl Args {
+    pub fn level(&self) -> LevelFilter {
+        match (self.quiet, self.verbose) {
+            (true, _) => LevelFilter::Warn,
+            (false, 0) => LevelFilter::Info,
+            (false, 1) => LevelFilter::Debug,
+            _ => LevelFilter::Trace,
+        }
+    }
+}

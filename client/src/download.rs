@@ -1,0 +1,314 @@
+//! Downloading one listed file: the existing-file check, the part file,
+//! the per-piece digests, `--connections` workers sharing the piece queue,
+//! the final whole-file check, fsync and landing.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastdl_protocol::digest::{piece_count, root_digest};
+use fastdl_protocol::{Digest, Entry, ErrorCode, PieceTree};
+use fastdl_support::human_bytes;
+use fastdl_support::shutdown::Shutdown;
+use log::{debug, info, warn};
+
+use crate::connection::RequestError;
+use crate::fetcher::{self, FileTask};
+use crate::pieces::{PieceQueue, Stop};
+use crate::pool::Pool;
+use crate::progress::Progress;
+use crate::ratelimit::RateLimit;
+use crate::store::{self, Landed};
+
+/// Consecutive failed connection attempts after which a worker gives up
+/// on the current attempt at a file (the scheduler retries the file later).
+const MAX_CONNECT_FAILURES: u32 = 4;
+
+/// How one attempt at a file ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Verified and in place (possibly under a numbered name).
+    Landed,
+    /// An identical file was already in the output folder.
+    AlreadyHad(PathBuf),
+    /// The server's file changed or left its list: fetch the list again.
+    Changed(String),
+    /// This attempt failed; the reason names the file and what went wrong.
+    Failed(String),
+    /// Shutdown was requested.
+    Cancelled,
+}
+
+pub struct Downloader {
+    pub pool: Pool,
+    pub out: PathBuf,
+    pub connections: usize,
+    pub limit: Option<RateLimit>,
+    pub progress: Arc<Progress>,
+    pub shutdown: Arc<Shutdown>,
+}
+
+impl Downloader {
+    /// Makes one attempt at downloading `entry`.
+    pub fn download(&self, entry: &Entry) -> Outcome {
+        match store::already_have(&self.out, entry) {
+            Ok(Some(path)) => return Outcome::AlreadyHad(path),
+            Ok(None) => {}
+            Err(e) => {
+                return Outcome::Failed(format!(
+                    "{}: cannot check the output folder: {e}",
+                    entry.name
+                ))
+            }
+        }
+        let final_path = store::final_path(&self.out, &entry.name);
+        let part_path = store::part_path(&final_path);
+        let part = match store::open_part(&part_path, entry.size) {
+            Ok(file) => file,
+            Err(e) => {
+                return Outcome::Failed(format!(
+                    "{}: cannot prepare {}: {e}",
+                    entry.name,
+                    part_path.display()
+                ))
+            }
+        };
+        let expected = match self.piece_digests(entry) {
+            Ok(d) => d,
+            Err(outcome) => return outcome,
+        };
+        let count = piece_count(entry.size);
+        let queue = PieceQueue::new(count, vec![None; count as usize]);
+        let progress = self.progress.start_file(&entry.name, entry.size, 0);
+        let task = FileTask {
+            entry,
+            part: &part,
+            queue: &queue,
+            expected: &expected,
+            progress: &progress,
+            limit: self.limit.as_ref(),
+        };
+        let workers = self.connections.min(count as usize);
+        let live = AtomicUsize::new(workers);
+        let last_error = std::sync::Mutex::new(None::<String>);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    if let Err(e) = self.worker(&task) {
+                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    }
+                    if live.fetch_sub(1, Ordering::SeqCst) == 1 && queue.remaining() > 0 {
+                        let why = last_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone()
+                            .unwrap_or_else(|| "no connection could be made".into());
+                        queue.stop(Stop::Unreachable(why));
+                    }
+                    queue.wake_all();
+                });
+            }
+        });
+        let rate = progress.rate();
+        drop(progress);
+        if self.shutdown.is_requested() {
+            return Outcome::Cancelled;
+        }
+        if let Some(stop) = queue.stopped() {
+            return match stop {
+                Stop::Changed(why) => Outcome::Changed(format!("{}: {why}", entry.name)),
+                Stop::BadPiece(piece) => Outcome::Failed(format!(
+                    "{}: piece {piece} failed verification {} times; part file kept at {}",
+                    entry.name,
+                    crate::pieces::MAX_PIECE_FAILURES,
+                    part_path.display()
+                )),
+                Stop::Local(why) => Outcome::Failed(format!(
+                    "{}: cannot write {}: {why}",
+                    entry.name,
+                    part_path.display()
+                )),
+                Stop::Unreachable(why) => Outcome::Failed(format!(
+                    "{}: server {} unreachable: {why}",
+                    entry.name,
+                    self.pool.addr()
+                )),
+                Stop::Cancelled => Outcome::Cancelled,
+            };
+        }
+        self.finish(entry, &part, &part_path, &queue, rate)
+    }
+
+    /// The per-piece digests the pieces are checked against; a one-piece
+    /// file needs none (its piece digest is the file digest).
+    fn piece_digests(&self, entry: &Entry) -> Result<Vec<Digest>, Outcome> {
+        if piece_count(entry.size) <= 1 {
+            return Ok(Vec::new());
+        }
+        let fetched = self.pool.get().and_then(|mut conn| {
+            let _registered = self.shutdown.register(conn.stream());
+            let pieces = conn.pieces(&entry.name, entry.size);
+            if pieces.is_ok() {
+                self.pool.put(conn);
+            }
+            pieces
+        });
+        match fetched {
+            Ok(pieces) => match PieceTree::from_pieces(entry.size, pieces) {
+                Some(tree) if tree.root == entry.digest => Ok(tree.pieces),
+                _ => Err(Outcome::Changed(format!(
+                    "{}: piece digests do not match the listed digest",
+                    entry.name
+                ))),
+            },
+            Err(e) => Err(self.request_failed(entry, e)),
+        }
+    }
+
+    fn request_failed(&self, entry: &Entry, e: RequestError) -> Outcome {
+        if self.shutdown.is_requested() {
+            return Outcome::Cancelled;
+        }
+        match e {
+            RequestError::WrongInput(why) => Outcome::Changed(format!("{}: {why}", entry.name)),
+            RequestError::Server {
+                code: ErrorCode::Changed,
+                message,
+            } => Outcome::Changed(message),
+            e => {
+                self.pool.clear();
+                Outcome::Failed(format!("{}: {e}", entry.name))
+            }
+        }
+    }
+
+    /// One connection's life within a download: (re)connect with backoff
+    /// and work until no piece is left. Returns the last error if it gave up.
+    fn worker(&self, task: &FileTask<'_>) -> Result<(), String> {
+        let mut failures = 0u32;
+        let mut buf = Vec::new();
+        loop {
+            if self.shutdown.is_requested() {
+                task.queue.stop(Stop::Cancelled);
+                return Ok(());
+            }
+            if task.queue.stopped().is_some() || task.queue.remaining() == 0 {
+                return Ok(());
+            }
+            let mut conn = match self.pool.get() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    failures += 1;
+                    if failures >= MAX_CONNECT_FAILURES {
+                        return Err(e.to_string());
+                    }
+                    debug!("{}: cannot connect ({e}); retrying", task.entry.name);
+                    self.pause(failures);
+                    continue;
+                }
+            };
+            let result = {
+                let _registered = self.shutdown.register(conn.stream());
+                fetcher::run(&mut conn, task, &mut buf)
+            };
+            match result {
+                Ok(()) => {
+                    self.pool.put(conn);
+                    return Ok(());
+                }
+                Err(RequestError::WrongInput(why)) => {
+                    task.queue.stop(Stop::Changed(why));
+                    return Ok(());
+                }
+                Err(RequestError::Server {
+                    code: ErrorCode::Changed,
+                    message,
+                }) => {
+                    task.queue.stop(Stop::Changed(message));
+                    return Ok(());
+                }
+                Err(e) => {
+                    if self.shutdown.is_requested() {
+                        continue;
+                    }
+                    // A pooled connection may have gone stale: the first
+                    // failure retries at once on a fresh connection.
+                    self.pool.clear();
+                    failures += 1;
+                    if failures >= MAX_CONNECT_FAILURES {
+                        return Err(e.to_string());
+                    }
+                    debug!(
+                        "{}: connection to {} lost ({e}); reconnecting",
+                        task.entry.name,
+                        conn.peer()
+                    );
+                    if failures > 1 {
+                        self.pause(failures);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps 250 ms, 500 ms, 1 s, ... (capped at 5 s), waking early on shutdown.
+    fn pause(&self, failures: u32) {
+        let wait = Duration::from_millis(250u64 << failures.min(5).saturating_sub(1))
+            .min(Duration::from_secs(5));
+        let step = Duration::from_millis(50);
+        let mut waited = Duration::ZERO;
+        while waited < wait && !self.shutdown.is_requested() {
+            std::thread::sleep(step);
+            waited += step;
+        }
+    }
+
+    /// Whole-file check, fsync, landing.
+    fn finish(
+        &self,
+        entry: &Entry,
+        part: &std::fs::File,
+        part_path: &Path,
+        queue: &PieceQueue,
+        rate: f64,
+    ) -> Outcome {
+        let digests: Option<Vec<Digest>> = queue.digests().into_iter().collect();
+        let Some(digests) = digests else {
+            return Outcome::Failed(format!("{}: pieces missing after download", entry.name));
+        };
+        let root = root_digest(entry.size, &digests);
+        if root != entry.digest {
+            warn!(
+                "{}: whole-file digest {root} does not match the listed {}",
+                entry.name, entry.digest
+            );
+            let _ = std::fs::remove_file(part_path);
+            return Outcome::Failed(format!(
+                "{}: whole-file digest does not match the list",
+                entry.name
+            ));
+        }
+        if let Err(e) = part.sync_all() {
+            return Outcome::Failed(format!(
+                "{}: cannot flush {}: {e}",
+                entry.name,
+                part_path.display()
+            ));
+        }
+        match store::land(part_path, entry, &self.out) {
+            Ok(Landed::New(path)) => {
+                info!(
+                    "{}: done, {} verified ({}/s) -> {}",
+                    entry.name,
+                    human_bytes(entry.size),
+                    human_bytes(rate as u64),
+                    path.display()
+                );
+                Outcome::Landed
+            }
+            Ok(Landed::AlreadyThere(path)) => Outcome::AlreadyHad(path),
+            Err(e) => Outcome::Failed(format!("{}: cannot move into place: {e}", entry.name)),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! One connection's share of a download: take pieces from the shared
+//! queue, ask for them with ranged reads (two requests in flight, so the
+//! connection never idles for a round trip), hash each piece while its
+//! bytes arrive, verify it, and write it at its offset in the part file.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+
+use fastdl_protocol::digest::{piece_range, PieceHasher};
+use fastdl_protocol::{Digest, Entry, Request, PIECE_SIZE};
+use log::warn;
+
+use crate::connection::{Connection, RequestError};
+use crate::pieces::{PieceQueue, Stop};
+use crate::progress::FileProgress;
+use crate::ratelimit::RateLimit;
+
+/// Ranged reads kept in flight per connection.
+const PIPELINE_DEPTH: usize = 2;
+/// Bytes read from the socket at a time (hashing and progress follow).
+const SLICE: usize = 256 * 1024;
+
+/// What every connection of one download shares.
+pub struct FileTask<'a> {
+    pub entry: &'a Entry,
+    pub part: &'a File,
+    pub queue: &'a PieceQueue,
+    /// Per-piece digests from the server; for a one-piece file, the file
+    /// digest itself is the piece digest.
+    pub expected: &'a [Digest],
+    pub progress: &'a FileProgress<'a>,
+    pub limit: Option<&'a RateLimit>,
+}
+
+impl FileTask<'_> {
+    fn expected(&self, piece: u64) -> Digest {
+        match self.expected.get(piece as usize) {
+            Some(d) => *d,
+            None => self.entry.digest,
+        }
+    }
+}
+
+/// Works on `task` over `conn` until no pieces are left for it. On error
+/// every piece this connection held goes back to the queue.
+pub fn run(
+    conn: &mut Connection,
+    task: &FileTask<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<(), RequestError> {
+    let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(PIPELINE_DEPTH);
+    let result = pump(conn, task, buf, &mut in_flight);
+    if result.is_err() {
+        task.queue.give_back(in_flight.drain(..).rev());
+    }
+    result
+}
+
+fn pump(
+    conn: &mut Connection,
+    task: &FileTask<'_>,
+    buf: &mut Vec<u8>,
+    in_flight: &mut VecDeque<u64>,
+) -> Result<(), RequestError> {
+    let size = task.entry.size;
+    loop {
+        while in_flight.len() < PIPELINE_DEPTH {
+            let next = if in_flight.is_empty() {
+                task.queue.take()
+            } else {
+                task.queue.try_take()
+            };
+            let Some(piece) = next else { break };
+            in_flight.push_back(piece);
+            let (offset, length) = piece_range(size, piece);
+            conn.send(&Request::Get {
+                offset,
+                length,
+                name: task.entry.name.clone(),
+            })?;
+        }
+        let Some(&piece) = in_flight.front() else {
+            return Ok(());
+        };
+        receive(conn, task, piece, buf)?;
+        in_flight.pop_front();
+        if task.queue.stopped().is_some() {
+            // Leave the connection in a clean state: drain what we asked for.
+            while let Some(&piece) = in_flight.front() {
+                receive_discard(conn, task, piece, buf)?;
+                in_flight.pop_front();
+            }
+            task.queue.give_back(std::mem::take(in_flight));
+            return Ok(());
+        }
+    }
+}
+
+/// Receives one piece, verifies it, writes it.
+fn receive(
+    conn: &mut Connection,
+    task: &FileTask<'_>,
+    piece: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(), RequestError> {
+    let (offset, length) = piece_range(task.entry.size, piece);
+    conn.data_header(length)?;
+    let length = length as usize;
+    ensure_len(buf, length);
+    let mut hasher = PieceHasher::new(task.entry.size, piece);
+    let mut got = 0usize;
+    while got < length {
+        let mut want = SLICE.min(length - got);
+        if let Some(limit) = task.limit {
+            want = want.min(limit.slice());
+            limit.acquire(want);
+        }
+        let slice = &mut buf[got..got + want];
+        conn.data().read_exact(slice)?;
+        hasher.update(slice);
+        got += want;
+        task.progress.add(want as u64);
+    }
+    let digest = hasher.finalize();
+    if digest != task.expected(piece) {
+        task.progress.take_back(length as u64);
+        warn!(
+            "{}: piece {piece} (bytes {offset}..{}) from {} failed verification; fetching it again",
+            task.entry.name,
+            offset + length as u64,
+            conn.peer()
+        );
+        if !task.queue.failed(piece) {
+            warn!(
+                "{}: piece {piece} failed verification too often; giving up on this attempt",
+                task.entry.name
+            );
+        }
+        return Ok(());
+    }
+    if let Err(e) = task.part.write_all_at(&buf[..length], offset) {
+        task.queue.give_back([piece]);
+        task.queue.stop(Stop::Local(e.to_string()));
+        return Ok(());
+    }
+    task.queue.complete(piece, digest);
+    Ok(())
+}
+
+/// Reads and drops one requested piece (after the download stopped).
+fn receive_discard(
+    conn: &mut Connection,
+    task: &FileTask<'_>,
+    piece: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(), RequestError> {
+    let (_, length) = piece_range(task.entry.size, piece);
+    conn.data_header(length)?;
+    ensure_len(buf, SLICE);
+    let mut left = length as usize;
+    while left > 0 {
+        let n = left.min(SLICE);
+        conn.data().read_exact(&mut buf[..n])?;
+        left -= n;
+    }
+    Ok(())
+}
+
+fn ensure_len(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len.max(PIECE_SIZE as usize), 0);
+    }
+}

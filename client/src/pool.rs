@@ -1,0 +1,53 @@
+//! Reusing connections across files: a finished download hands its
+//! connections back here and the next one picks them up, so a queue of
+//! small files costs no handshake storm.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use crate::connection::{Connection, RequestError};
+
+pub struct Pool {
+    addr: SocketAddr,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl Pool {
+    pub fn new(addr: SocketAddr, max_idle: usize) -> Pool {
+        Pool {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// An idle connection, or a new one.
+    pub fn get(&self) -> Result<Connection, RequestError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => Connection::open(self.addr),
+        }
+    }
+
+    /// Returns a healthy connection for reuse.
+    pub fn put(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        } else {
+            drop(idle);
+            conn.quit();
+        }
+    }
+
+    /// Drops every idle connection (for example after the server restarted).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}

@@ -1,0 +1,203 @@
+//! What the user sees while files download: with a terminal, an indicatif
+//! bar per active file (bytes, rate, ETA) and a total line; without one
+//! (stderr redirected, or -q), plain log lines at start, every few seconds,
+//! and at the end.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fastdl_support::human_bytes;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use log::info;
+
+/// How often a file's progress is logged in plain mode.
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+pub struct Progress {
+    multi: Option<MultiProgress>,
+    total: Option<ProgressBar>,
+    queued: AtomicU64,
+    done: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Progress {
+    /// Bars when `bars` is true, plain log lines otherwise.
+    pub fn new(bars: bool) -> Progress {
+        let (multi, total) = if bars {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+            let total = multi.add(ProgressBar::new(0));
+            total.set_style(
+                ProgressStyle::with_template("total: {pos}/{len} files done  {msg}")
+                    .expect("progress template is valid"),
+            );
+            (Some(multi), Some(total))
+        } else {
+            (None, None)
+        };
+        Progress {
+            multi,
+            total,
+            queued: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// A writer that prints log lines above the bars (None without bars).
+    pub fn log_writer(&self) -> Option<Box<dyn Write + Send>> {
+        self.multi.clone().map(|multi| {
+            Box::new(AboveBars {
+                multi,
+                pending: Vec::new(),
+            }) as Box<dyn Write + Send>
+        })
+    }
+
+    /// Counts a file as queued.
+    pub fn queued(&self) {
+        let n = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(total) = &self.total {
+            total.set_length(n);
+        }
+    }
+
+    /// Counts a queued file as finished (landed, already there, or given up).
+    pub fn finished(&self) {
+        let n = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(total) = &self.total {
+            total.set_position(n);
+        }
+    }
+
+    fn add_bytes(&self, n: u64) {
+        let bytes = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(total) = &self.total {
+            total.set_message(format!("{} received", human_bytes(bytes)));
+        }
+    }
+
+    /// A progress display for one file, of which `already` bytes are present.
+    pub fn start_file(&self, name: &str, size: u64, already: u64) -> FileProgress<'_> {
+        let bar = self.multi.as_ref().map(|multi| {
+            let bar = multi.insert_from_back(1, ProgressBar::new(size));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{wide_msg} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta:>4} [{bar:30}]",
+                )
+                .expect("progress template is valid")
+                .progress_chars("=> "),
+            );
+            bar.set_message(name.to_owned());
+            bar.set_position(already);
+            bar.reset_eta();
+            bar
+        });
+        if bar.is_none() {
+            info!("{name}: downloading {}", human_bytes(size));
+        }
+        FileProgress {
+            owner: self,
+            bar,
+            name: name.to_owned(),
+            size,
+            received: AtomicU64::new(already),
+            started: Instant::now(),
+            last_line: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+/// Progress of one file.
+pub struct FileProgress<'a> {
+    owner: &'a Progress,
+    bar: Option<ProgressBar>,
+    name: String,
+    size: u64,
+    received: AtomicU64,
+    started: Instant,
+    last_line: Mutex<Instant>,
+}
+
+impl FileProgress<'_> {
+    /// Counts `n` more bytes received.
+    pub fn add(&self, n: u64) {
+        let received = self.received.fetch_add(n, Ordering::Relaxed) + n;
+        self.owner.add_bytes(n);
+        match &self.bar {
+            Some(bar) => bar.set_position(received),
+            None => {
+                let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
+                if last.elapsed() >= PLAIN_EVERY {
+                    *last = Instant::now();
+                    let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+                    let rate = received as f64 / secs;
+                    let eta = (self.size.saturating_sub(received)) as f64 / rate.max(1.0);
+                    info!(
+                        "{}: {:.0}% of {}, {}/s, ETA {:.0} s",
+                        self.name,
+                        received as f64 * 100.0 / self.size.max(1) as f64,
+                        human_bytes(self.size),
+                        human_bytes(rate as u64),
+                        eta
+                    );
+                }
+            }
+        }
+    }
+
+    /// Takes back bytes that were counted but thrown away (a bad piece).
+    pub fn take_back(&self, n: u64) {
+        let received = self
+            .received
+            .fetch_sub(n, Ordering::Relaxed)
+            .saturating_sub(n);
+        if let Some(bar) = &self.bar {
+            bar.set_position(received);
+        }
+    }
+
+    /// Average rate since the start, in bytes per second.
+    pub fn rate(&self) -> f64 {
+        self.received.load(Ordering::Relaxed) as f64
+            / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+}
+
+impl Drop for FileProgress<'_> {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+            if let Some(multi) = &self.owner.multi {
+                multi.remove(bar);
+            }
+        }
+    }
+}
+
+/// Collects log output and prints whole lines above the bars.
+struct AboveBars {
+    multi: MultiProgress,
+    pending: Vec<u8>,
+}
+
+impl Write for AboveBars {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        if let Some(end) = self.pending.iter().rposition(|&b| b == b'\n') {
+            let lines: Vec<u8> = self.pending.drain(..=end).collect();
+            self.multi.suspend(|| std::io::stderr().write_all(&lines))?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            self.multi.suspend(|| std::io::stderr().write_all(&rest))?;
+        }
+        Ok(())
+    }
+}
