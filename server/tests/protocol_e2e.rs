@@ -1,0 +1,79 @@
+//! The real `fastdl-server` spoken to over raw TCP, as a person with `nc`
+//! or a hostile peer would.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use fastdl_testkit::{write_file, Server};
+
+fn connect(server: &Server) -> (BufReader<TcpStream>, TcpStream) {
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (BufReader::new(stream.try_clone().unwrap()), stream)
+}
+
+fn line(r: &mut BufReader<TcpStream>) -> String {
+    let mut s = String::new();
+    r.read_line(&mut s).unwrap();
+    s.trim_end_matches('\n').to_owned()
+}
+
+#[test]
+fn handshake_list_and_ranged_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let res = tmp.path().join("res");
+    write_file(&res.join("a b.txt"), 1000, 1);
+    std::fs::write(res.join("ü.txt"), b"hello world").unwrap();
+    let server = Server::start(&res, tmp.path(), &[]);
+    let (mut r, mut w) = connect(&server);
+    w.write_all(b"LIST\n").unwrap();
+    assert!(line(&mut r).starts_with("ERROR HANDSHAKE"));
+    w.write_all(b"FASTDL 1\nLIST\n").unwrap();
+    assert_eq!(line(&mut r), "FASTDL 1");
+    assert_eq!(line(&mut r), "LIST 2");
+    assert!(line(&mut r).starts_with("1) a b.txt\t1000\t"));
+    assert!(line(&mut r).starts_with("2) ü.txt\t11\t"));
+    assert_eq!(line(&mut r), "END");
+    w.write_all("GET 6 5 ü.txt\n".as_bytes()).unwrap();
+    assert_eq!(line(&mut r), "DATA 5");
+    let mut buf = [0u8; 5];
+    r.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"world");
+    let text = std::fs::read_to_string(&server.list).unwrap();
+    assert!(text.starts_with("1) a b.txt\t1000\t"), "{text}");
+}
+
+#[test]
+fn path_tricks_are_refused_without_a_byte_of_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let res = tmp.path().join("res");
+    std::fs::create_dir_all(&res).unwrap();
+    std::fs::write(tmp.path().join("secret"), b"SECRET").unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("secret"), res.join("link")).unwrap();
+    std::fs::write(res.join("ok"), b"ok").unwrap();
+    let server = Server::start(&res, tmp.path(), &[]);
+    let (mut r, mut w) = connect(&server);
+    w.write_all(b"FASTDL 1\n").unwrap();
+    assert_eq!(line(&mut r), "FASTDL 1");
+    for name in [
+        "../secret",
+        "/etc/hostname",
+        "link",
+        "ok/../../secret",
+        "..\\secret",
+        "./ok",
+        "ok/",
+    ] {
+        w.write_all(format!("GET 0 1 {name}\n").as_bytes()).unwrap();
+        let reply = line(&mut r);
+        assert!(reply.starts_with("WRONG_INPUT"), "{name}: {reply}");
+        w.write_all(format!("PIECES {name}\n").as_bytes()).unwrap();
+        let reply = line(&mut r);
+        assert!(reply.starts_with("WRONG_INPUT"), "{name}: {reply}");
+    }
+    w.write_all(b"GET 0 2 ok\n").unwrap();
+    assert_eq!(line(&mut r), "DATA 2");
+}

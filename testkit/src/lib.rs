@@ -1,0 +1,302 @@
+//! Helpers for fastdl's end-to-end tests: start the real `fastdl-server`
+//! and `fastdl-client` binaries on 127.0.0.1 in temporary folders, wait on
+//! conditions with a deadline (never a fixed sleep), and make and hash
+//! test files.
+//!
+//! The binaries are found beside the test executable's target folder
+//! (`target/<profile>/`); `cargo test --workspace` builds them first.
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Default deadline for conditions in tests.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Path of a workspace binary (`fastdl-server` or `fastdl-client`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target folder");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` after `deadline`.
+pub fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    loop {
+        if condition() {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per `seed`.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `len` pattern bytes to `path` (creating folders); returns their BLAKE3 hex.
+pub fn write_file(path: &Path, len: usize, seed: u64) -> String {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).expect("create folders");
+    }
+    let mut file = fs::File::create(path).expect("create file");
+    let mut hasher = blake3::Hasher::new();
+    let mut left = len;
+    let mut block = 0u64;
+    while left > 0 {
+        let n = left.min(8 << 20);
+        let bytes = pattern(n, seed.wrapping_add(block));
+        hasher.update(&bytes);
+        file.write_all(&bytes).expect("write file");
+        left -= n;
+        block += 1;
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// BLAKE3 hex of a file's content.
+pub fn hash_file(path: &Path) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_mmap(path)
+        .unwrap_or_else(|e| panic!("hash {}: {e}", path.display()));
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Names of the non-hidden entries of a folder, sorted.
+pub fn visible_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A running `fastdl-server`, killed when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    pub list: PathBuf,
+}
+
+impl Server {
+    /// Starts a server on 127.0.0.1 with a free port, serving `resources`,
+    /// keeping its list and log in `work`. Waits until it listens.
+    pub fn start(resources: &Path, work: &Path, extra: &[&str]) -> Server {
+        Server::start_on(resources, work, 0, extra)
+    }
+
+    /// Like [`Server::start`] on a given port (0: a free one).
+    pub fn start_on(resources: &Path, work: &Path, port: u16, extra: &[&str]) -> Server {
+        fs::create_dir_all(work).expect("work folder");
+        let log = work.join(format!("server-{}.log", unique()));
+        let list = work.join("text.txt");
+        let child = Command::new(bin("fastdl-server"))
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--dir")
+            .arg(resources)
+            .arg("--list")
+            .arg(&list)
+            .arg("--log")
+            .arg(&log)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start fastdl-server");
+        let mut server = Server {
+            child: Some(child),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            log,
+            list,
+        };
+        let mut found = None;
+        wait_until(DEADLINE, "the server to listen", || {
+            if let Some(status) = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "fastdl-server exited early ({status}); log:\n{}",
+                    server.log_text()
+                );
+            }
+            found = server
+                .log_text()
+                .lines()
+                .find_map(|l| l.split("listening on ").nth(1).map(|a| a.trim().to_owned()));
+            found.is_some()
+        });
+        server.addr = found.unwrap().parse().expect("listen address in log");
+        server
+    }
+
+    /// `127.0.0.1:PORT` for `--server`.
+    pub fn url(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends a signal (for example `rustix::process::Signal::INT`).
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+
+    /// Waits for the server to exit, up to `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// kill -9, and wait for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `fastdl-client` command preset for a test: `--server`, `--out`,
+/// `--input`, `--log` in `work`, no progress bars.
+pub fn client(server: &str, work: &Path) -> Command {
+    let mut cmd = Command::new(bin("fastdl-client"));
+    cmd.args(["--server", server])
+        .arg("--input")
+        .arg(work.join("input.txt"))
+        .arg("--out")
+        .arg(work.join("data"))
+        .arg("--log")
+        .arg(work.join("client.log"))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs a client command to completion with a deadline; returns its output.
+pub fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fastdl-client");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(output) => output.expect("client output"),
+        Err(_) => {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            panic!("fastdl-client did not finish within {deadline:?}");
+        }
+    }
+}
+
+/// A running watch-mode client, killed when dropped.
+pub struct Running {
+    pub child: Child,
+}
+
+impl Running {
+    pub fn spawn(cmd: &mut Command) -> Running {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start fastdl-client");
+        Running { child }
+    }
+
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
