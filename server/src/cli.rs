@@ -60,8 +60,8 @@ pub struct Args {
     #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub write_timeout: u64,
 
-    /// Largest byte range one GET may ask for.
-    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Largest byte range one GET may ask for (K, M, G suffixes allowed).
+    #[arg(long, default_value = "64M", value_name = "BYTES", value_parser = parse_size)]
     pub max_range: u64,
 
     /// More detail in the log (-v: debug, -vv: trace).
@@ -71,6 +71,10 @@ pub struct Args {
     /// Only warnings and errors on the terminal.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    fastdl_support::parse_bytes(text)
 }
 
 impl Args {
