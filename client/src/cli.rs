@@ -63,6 +63,11 @@ pub struct Args {
     #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub retries: u64,
 
+    /// First wait before a failed file is tried again, in seconds; each
+    /// further failure doubles it, up to 60 s.
+    #[arg(long, default_value_t = 1, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub retry_wait: u64,
+
     /// Log file (appended to).
     #[arg(long, default_value = "client.log", value_name = "FILE")]
     pub log: PathBuf,

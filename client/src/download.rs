@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fastdl_protocol::digest::{piece_count, root_digest};
+use fastdl_protocol::digest::{piece_count, piece_range, root_digest, PieceHasher};
 use fastdl_protocol::{Digest, Entry, ErrorCode, PieceTree};
 use fastdl_support::human_bytes;
 use fastdl_support::shutdown::Shutdown;
@@ -15,6 +15,7 @@ use log::{debug, info, warn};
 
 use crate::connection::RequestError;
 use crate::fetcher::{self, FileTask};
+use crate::journal::{self, Journal};
 use crate::pieces::{PieceQueue, Stop};
 use crate::pool::Pool;
 use crate::progress::Progress;
@@ -64,6 +65,17 @@ impl Downloader {
         }
         let final_path = store::final_path(&self.out, &entry.name);
         let part_path = store::part_path(&final_path);
+        let journal_path = journal::journal_path(&final_path);
+        let resume = match self.prepare_resume(entry, &part_path, &journal_path) {
+            Ok(resume) => resume,
+            Err(e) => {
+                return Outcome::Failed(format!(
+                    "{}: cannot check {}: {e}",
+                    entry.name,
+                    part_path.display()
+                ))
+            }
+        };
         let part = match store::open_part(&part_path, entry.size) {
             Ok(file) => file,
             Err(e) => {
@@ -79,8 +91,23 @@ impl Downloader {
             Err(outcome) => return outcome,
         };
         let count = piece_count(entry.size);
-        let queue = PieceQueue::new(count, vec![None; count as usize]);
-        let progress = self.progress.start_file(&entry.name, entry.size, 0);
+        let have = if resume {
+            let have = verify_part(&part, entry, &expected);
+            let kept = have.iter().filter(|h| h.is_some()).count();
+            info!(
+                "{}: resuming; {kept} of {count} pieces already verified",
+                entry.name
+            );
+            have
+        } else {
+            vec![None; count as usize]
+        };
+        let already: u64 = (0..count)
+            .filter(|&i| have[i as usize].is_some())
+            .map(|i| piece_range(entry.size, i).1)
+            .sum();
+        let queue = PieceQueue::new(count, have);
+        let progress = self.progress.start_file(&entry.name, entry.size, already);
         let task = FileTask {
             entry,
             part: &part,
@@ -89,27 +116,36 @@ impl Downloader {
             progress: &progress,
             limit: self.limit.as_ref(),
         };
-        let workers = self.connections.min(count as usize);
+        let workers = self.connections.min(queue.remaining() as usize);
         let live = AtomicUsize::new(workers);
         let last_error = std::sync::Mutex::new(None::<String>);
         std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| {
-                    if let Err(e) = self.worker(&task) {
-                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    }
-                    if live.fetch_sub(1, Ordering::SeqCst) == 1 && queue.remaining() > 0 {
-                        let why = last_error
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .clone()
-                            .unwrap_or_else(|| "no connection could be made".into());
-                        queue.stop(Stop::Unreachable(why));
-                    }
-                    queue.wake_all();
-                });
+            let (stop_journal, journal_stop) = crossbeam_channel::bounded::<()>(0);
+            scope.spawn(|| keep_journal(entry, &queue, &journal_path, journal_stop));
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        if let Err(e) = self.worker(&task) {
+                            *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        }
+                        if live.fetch_sub(1, Ordering::SeqCst) == 1 && queue.remaining() > 0 {
+                            let why = last_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .clone()
+                                .unwrap_or_else(|| "no connection could be made".into());
+                            queue.stop(Stop::Unreachable(why));
+                        }
+                        queue.wake_all();
+                    })
+                })
+                .collect();
+            for handle in handles {
+                let _ = handle.join();
             }
+            drop(stop_journal);
         });
+        let fetched = progress.fetched();
         let rate = progress.rate();
         drop(progress);
         if self.shutdown.is_requested() {
@@ -137,7 +173,49 @@ impl Downloader {
                 Stop::Cancelled => Outcome::Cancelled,
             };
         }
-        self.finish(entry, &part, &part_path, &queue, rate)
+        let outcome = self.finish(entry, &part, &part_path, &queue, rate, fetched);
+        if matches!(outcome, Outcome::Landed | Outcome::AlreadyHad(_)) || !part_path.exists() {
+            let _ = std::fs::remove_file(&journal_path);
+        }
+        outcome
+    }
+
+    /// Decides whether an existing part file is resumed: yes when its
+    /// journal names this very version of the file (or there is no journal,
+    /// in which case every piece is checked anyway); a part of another
+    /// version is dropped.
+    fn prepare_resume(
+        &self,
+        entry: &Entry,
+        part_path: &Path,
+        journal_path: &Path,
+    ) -> std::io::Result<bool> {
+        let journal = Journal::load(journal_path)?;
+        if !part_path.exists() {
+            if journal.is_some() {
+                std::fs::remove_file(journal_path)?;
+            }
+            return Ok(false);
+        }
+        match journal {
+            Some(j) if j.matches(entry) => Ok(true),
+            Some(j) => {
+                info!(
+                    "{}: the server's file changed since this part was started (size {} -> {}, digest {} -> {}); starting over",
+                    entry.name, j.size, entry.size, j.digest, entry.digest
+                );
+                std::fs::remove_file(part_path)?;
+                std::fs::remove_file(journal_path)?;
+                Ok(false)
+            }
+            None => {
+                info!(
+                    "{}: found a part file without a journal; checking its pieces",
+                    entry.name
+                );
+                Ok(true)
+            }
+        }
     }
 
     /// The per-piece digests the pieces are checked against; a one-piece
@@ -272,6 +350,7 @@ impl Downloader {
         part_path: &Path,
         queue: &PieceQueue,
         rate: f64,
+        fetched: u64,
     ) -> Outcome {
         let digests: Option<Vec<Digest>> = queue.digests().into_iter().collect();
         let Some(digests) = digests else {
@@ -299,9 +378,10 @@ impl Downloader {
         match store::land(part_path, entry, &self.out) {
             Ok(Landed::New(path)) => {
                 info!(
-                    "{}: done, {} verified ({}/s) -> {}",
+                    "{}: done, {} verified, {} fetched this run ({}/s) -> {}",
                     entry.name,
                     human_bytes(entry.size),
+                    human_bytes(fetched),
                     human_bytes(rate as u64),
                     path.display()
                 );
@@ -309,6 +389,91 @@ impl Downloader {
             }
             Ok(Landed::AlreadyThere(path)) => Outcome::AlreadyHad(path),
             Err(e) => Outcome::Failed(format!("{}: cannot move into place: {e}", entry.name)),
+        }
+    }
+}
+
+/// Checks every piece already in a part file against the expected digests
+/// (in parallel: pieces are independent BLAKE3 subtrees). Pieces that match
+/// are kept whether or not the journal had recorded them yet, so a crash
+/// loses only the pieces that were in flight.
+fn verify_part(part: &std::fs::File, entry: &Entry, expected: &[Digest]) -> Vec<Option<Digest>> {
+    use std::os::unix::fs::FileExt;
+    let count = piece_count(entry.size);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(count.max(1) as usize);
+    let mut have = vec![None; count as usize];
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut buf = vec![0u8; fastdl_protocol::PIECE_SIZE as usize];
+                    let mut found = Vec::new();
+                    for piece in (t as u64..count).step_by(threads) {
+                        let (offset, len) = piece_range(entry.size, piece);
+                        let buf = &mut buf[..len as usize];
+                        if part.read_exact_at(buf, offset).is_err() {
+                            continue;
+                        }
+                        let mut hasher = PieceHasher::new(entry.size, piece);
+                        hasher.update(buf);
+                        let digest = hasher.finalize();
+                        let want = expected
+                            .get(piece as usize)
+                            .copied()
+                            .unwrap_or(entry.digest);
+                        if digest == want {
+                            found.push((piece, digest));
+                        }
+                    }
+                    found
+                })
+            })
+            .collect();
+        for handle in handles {
+            for (piece, digest) in handle.join().unwrap_or_default() {
+                have[piece as usize] = Some(digest);
+            }
+        }
+    });
+    have
+}
+
+/// Rewrites the journal about once a second while pieces land, and once
+/// more when `stop` closes.
+fn keep_journal(
+    entry: &Entry,
+    queue: &PieceQueue,
+    path: &Path,
+    stop: crossbeam_channel::Receiver<()>,
+) {
+    let mut written = None;
+    loop {
+        let last = !matches!(
+            stop.recv_timeout(Duration::from_secs(1)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout)
+        );
+        let done: Vec<bool> = queue.digests().iter().map(Option::is_some).collect();
+        let count = done.iter().filter(|d| **d).count();
+        if written != Some(count) && (count > 0 || last) {
+            let journal = Journal {
+                name: entry.name.clone(),
+                size: entry.size,
+                digest: entry.digest,
+                done,
+            };
+            match journal.store(path) {
+                Ok(()) => written = Some(count),
+                Err(e) => warn!(
+                    "{}: cannot write journal {}: {e}",
+                    entry.name,
+                    path.display()
+                ),
+            }
+        }
+        if last {
+            return;
         }
     }
 }

@@ -9,6 +9,7 @@ mod connection;
 mod download;
 mod fetcher;
 mod input;
+mod journal;
 mod pieces;
 mod pool;
 mod progress;
@@ -36,7 +37,7 @@ use crate::input::InputWatcher;
 use crate::pool::Pool;
 use crate::progress::Progress;
 use crate::ratelimit::RateLimit;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Policy, Scheduler};
 
 /// Exit status when Ctrl-C interrupted a `--once` run.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -54,6 +55,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    // A file-size limit (RLIMIT_FSIZE) must show up as a write error naming
+    // the file, not kill the process.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let bars = !args.quiet && std::io::stderr().is_terminal();
     let progress = Arc::new(Progress::new(bars));
     fastdl_support::logging::init(args.level(), &args.log, progress.log_writer())?;
@@ -88,15 +95,13 @@ fn run(args: Args) -> Result<ExitCode> {
         shutdown: Arc::clone(&shutdown),
     });
     let poll = Duration::from_secs(args.poll);
-    let scheduler = Scheduler::new(
-        downloader,
-        listing,
-        jobs,
-        args.once,
-        args.retries,
+    let policy = Policy {
+        once: args.once,
+        retries: args.retries,
+        retry_wait: Duration::from_secs(args.retry_wait),
         poll,
-        Arc::clone(&shutdown),
-    );
+    };
+    let scheduler = Scheduler::new(downloader, listing, jobs, policy, Arc::clone(&shutdown));
 
     let (names_tx, names_rx) = crossbeam_channel::unbounded();
     if args.once {

@@ -104,6 +104,7 @@ impl Progress {
             name: name.to_owned(),
             size,
             received: AtomicU64::new(already),
+            fetched: AtomicU64::new(0),
             started: Instant::now(),
             last_line: Mutex::new(Instant::now()),
         }
@@ -117,6 +118,7 @@ pub struct FileProgress<'a> {
     name: String,
     size: u64,
     received: AtomicU64,
+    fetched: AtomicU64,
     started: Instant,
     last_line: Mutex<Instant>,
 }
@@ -125,6 +127,7 @@ impl FileProgress<'_> {
     /// Counts `n` more bytes received.
     pub fn add(&self, n: u64) {
         let received = self.received.fetch_add(n, Ordering::Relaxed) + n;
+        self.fetched.fetch_add(n, Ordering::Relaxed);
         self.owner.add_bytes(n);
         match &self.bar {
             Some(bar) => bar.set_position(received),
@@ -132,8 +135,7 @@ impl FileProgress<'_> {
                 let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
                 if last.elapsed() >= PLAIN_EVERY {
                     *last = Instant::now();
-                    let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-                    let rate = received as f64 / secs;
+                    let rate = self.rate();
                     let eta = (self.size.saturating_sub(received)) as f64 / rate.max(1.0);
                     info!(
                         "{}: {:.0}% of {}, {}/s, ETA {:.0} s",
@@ -161,8 +163,12 @@ impl FileProgress<'_> {
 
     /// Average rate since the start, in bytes per second.
     pub fn rate(&self) -> f64 {
-        self.received.load(Ordering::Relaxed) as f64
-            / self.started.elapsed().as_secs_f64().max(1e-3)
+        self.fetched() as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+
+    /// Bytes received from the network in this attempt (bad pieces included).
+    pub fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
     }
 }
 

@@ -29,11 +29,25 @@ pub struct Summary {
     pub cancelled: bool,
 }
 
+/// How the scheduler treats names and failures.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `--once`: settle every name, then stop; failures count.
+    pub once: bool,
+    /// Attempts per file in `--once` mode.
+    pub retries: u64,
+    /// First wait before a retry; doubled per failure up to [`MAX_RETRY_WAIT`].
+    pub retry_wait: Duration,
+    /// How often the list is re-fetched while names wait for it.
+    pub poll: Duration,
+}
+
 pub struct Scheduler {
     downloader: Arc<Downloader>,
     listing: Listing,
     once: bool,
     retries: u64,
+    retry_wait: Duration,
     poll: Duration,
     shutdown: Arc<Shutdown>,
     jobs: Sender<Entry>,
@@ -54,9 +68,7 @@ impl Scheduler {
         downloader: Arc<Downloader>,
         listing: Listing,
         workers: usize,
-        once: bool,
-        retries: u64,
-        poll: Duration,
+        policy: Policy,
         shutdown: Arc<Shutdown>,
     ) -> Scheduler {
         let (jobs, job_rx) = crossbeam_channel::unbounded::<Entry>();
@@ -81,9 +93,10 @@ impl Scheduler {
         Scheduler {
             downloader,
             listing,
-            once,
-            retries,
-            poll,
+            once: policy.once,
+            retries: policy.retries,
+            retry_wait: policy.retry_wait,
+            poll: policy.poll,
             shutdown,
             jobs,
             results,
@@ -216,7 +229,7 @@ impl Scheduler {
                     return;
                 }
                 let n = self.attempts[&name];
-                let wait = Duration::from_secs(1 << (n - 1).min(6)).min(MAX_RETRY_WAIT);
+                let wait = (self.retry_wait * (1 << (n - 1).min(10))).min(MAX_RETRY_WAIT);
                 warn!("{why}; trying again in {} s", wait.as_secs());
                 self.retry_at.insert(name, Instant::now() + wait);
             }

@@ -1,0 +1,215 @@
+//! The resume journal kept beside each part file.
+//!
+//! It names the file's identity (name, size and digest from the list) and
+//! the pieces already complete. It is replaced atomically (write, fsync,
+//! rename), at most about once a second while a download runs and once at
+//! its end. On the next attempt a journal whose identity still matches the
+//! list lets the part file be resumed: its pieces are verified against the
+//! server's per-piece digests, so a journal can never make a bad piece
+//! count as good. A journal for another version of the file means the part
+//! is dropped and the file starts over.
+//!
+//! Format (text, one field per line):
+//!
+//! ```text
+//! fastdl-journal 1
+//! name sub/movie night.mkv
+//! size 734003200
+//! digest <64 hex digits>
+//! piece-size 1048576
+//! done 0-15,17,20-699
+//! ```
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use fastdl_protocol::{Digest, Entry, PIECE_SIZE};
+
+use crate::store::sibling;
+
+const MAGIC: &str = "fastdl-journal 1";
+
+/// The journal path for a final path.
+pub fn journal_path(final_path: &Path) -> PathBuf {
+    sibling(final_path, "fastdl-journal")
+}
+
+/// What a journal says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Journal {
+    pub name: String,
+    pub size: u64,
+    pub digest: Digest,
+    /// One flag per piece: complete or not.
+    pub done: Vec<bool>,
+}
+
+impl Journal {
+    /// Whether this journal describes exactly the listed `entry`.
+    pub fn matches(&self, entry: &Entry) -> bool {
+        self.name == entry.name && self.size == entry.size && self.digest == entry.digest
+    }
+
+    pub fn encode(&self) -> String {
+        let mut ranges = Vec::new();
+        let mut i = 0;
+        while i < self.done.len() {
+            if !self.done[i] {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i + 1 < self.done.len() && self.done[i + 1] {
+                i += 1;
+            }
+            ranges.push(if start == i {
+                format!("{start}")
+            } else {
+                format!("{start}-{i}")
+            });
+            i += 1;
+        }
+        format!(
+            "{MAGIC}\nname {}\nsize {}\ndigest {}\npiece-size {PIECE_SIZE}\ndone {}\n",
+            self.name,
+            self.size,
+            self.digest,
+            ranges.join(",")
+        )
+    }
+
+    /// Parses a journal; `None` for anything not written by this version.
+    pub fn parse(text: &str) -> Option<Journal> {
+        let mut lines = text.lines();
+        if lines.next()? != MAGIC {
+            return None;
+        }
+        let name = lines.next()?.strip_prefix("name ")?.to_owned();
+        let size: u64 = lines.next()?.strip_prefix("size ")?.parse().ok()?;
+        let digest = Digest::from_hex(lines.next()?.strip_prefix("digest ")?)?;
+        let piece_size: u64 = lines.next()?.strip_prefix("piece-size ")?.parse().ok()?;
+        if piece_size != PIECE_SIZE {
+            return None;
+        }
+        let count = usize::try_from(size.div_ceil(PIECE_SIZE)).ok()?;
+        let mut done = vec![false; count];
+        let ranges = lines.next()?.strip_prefix("done")?.trim();
+        for range in ranges.split(',').filter(|r| !r.is_empty()) {
+            let (a, b) = match range.split_once('-') {
+                Some((a, b)) => (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?),
+                None => {
+                    let a = range.parse::<usize>().ok()?;
+                    (a, a)
+                }
+            };
+            if a > b || b >= count {
+                return None;
+            }
+            done[a..=b].iter_mut().for_each(|d| *d = true);
+        }
+        Some(Journal {
+            name,
+            size,
+            digest,
+            done,
+        })
+    }
+
+    /// Replaces the journal at `path` atomically.
+    pub fn store(&self, path: &Path) -> io::Result<()> {
+        let tmp = path.with_extension("fastdl-journal-tmp");
+        let mut file = File::create(&tmp)?;
+        file.write_all(self.encode().as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    }
+
+    /// Loads the journal at `path`; `Ok(None)` if there is none or it is unreadable as a journal.
+    pub fn load(path: &Path) -> io::Result<Option<Journal>> {
+        match fs::read(path) {
+            Ok(bytes) if bytes.len() <= 16 << 20 => {
+                Ok(std::str::from_utf8(&bytes).ok().and_then(Journal::parse))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal(done: Vec<bool>) -> Journal {
+        let size = done.len() as u64 * PIECE_SIZE - 7;
+        Journal {
+            name: "dir/a b ü.bin".into(),
+            size,
+            digest: Digest::of(b"x"),
+            done,
+        }
+    }
+
+    #[test]
+    fn round_trips_with_ranges() {
+        for done in [
+            vec![false; 5],
+            vec![true; 5],
+            vec![true, true, false, true, false, true, true, true],
+            vec![false, true],
+        ] {
+            let j = journal(done);
+            let text = j.encode();
+            assert_eq!(Journal::parse(&text), Some(j), "{text}");
+        }
+        let j = journal(vec![true, true, false, true, false, true, true, true]);
+        assert!(j.encode().contains("\ndone 0-1,3,5-7\n"));
+    }
+
+    #[test]
+    fn refuses_what_it_did_not_write() {
+        let good = journal(vec![true, false, true]).encode();
+        assert!(Journal::parse("").is_none());
+        assert!(Journal::parse(&good.replace("fastdl-journal 1", "fastdl-journal 2")).is_none());
+        assert!(Journal::parse(&good.replace("done 0,2", "done 0,3")).is_none());
+        assert!(Journal::parse(&good.replace("done 0,2", "done 2-1")).is_none());
+        assert!(Journal::parse(&good.replace("piece-size 1048576", "piece-size 4096")).is_none());
+        assert!(Journal::parse(&good.replace("size ", "size x")).is_none());
+    }
+
+    #[test]
+    fn stores_and_loads_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".a.fastdl-journal");
+        assert_eq!(Journal::load(&path).unwrap(), None);
+        let j = journal(vec![true, false]);
+        j.store(&path).unwrap();
+        assert_eq!(Journal::load(&path).unwrap(), Some(j));
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+    }
+
+    #[test]
+    fn matches_only_the_same_version() {
+        let j = journal(vec![true]);
+        let entry = Entry {
+            name: j.name.clone(),
+            size: j.size,
+            digest: j.digest,
+        };
+        assert!(j.matches(&entry));
+        assert!(!j.matches(&Entry {
+            size: j.size + 1,
+            ..entry.clone()
+        }));
+        assert!(!j.matches(&Entry {
+            digest: Digest::of(b"y"),
+            ..entry
+        }));
+    }
+}
