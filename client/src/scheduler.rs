@@ -207,8 +207,11 @@ impl Scheduler {
                     Some(new) if self.attempt(&name) => {
                         if new != entry {
                             info!("{name}: the server has a new version; starting it again");
+                            self.queue(new);
+                        } else {
+                            // The server has not finished rescanning yet: ask again shortly.
+                            self.retry_at.insert(name, Instant::now() + self.retry_wait);
                         }
-                        self.queue(new);
                     }
                     Some(_) => self.give_up(&name, why),
                     None if self.once => {

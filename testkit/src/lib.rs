@@ -300,3 +300,71 @@ fn unique() -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A TCP proxy on 127.0.0.1 that forwards to `target` and, once in its
+/// whole life, flips one byte of the server-to-client stream of a
+/// connection at stream offset `flip_at` (counted per connection). Used to
+/// show that a corrupted piece is caught and fetched again.
+pub struct FlipProxy {
+    pub addr: SocketAddr,
+    pub flipped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FlipProxy {
+    pub fn start(target: SocketAddr, flip_at: u64) -> FlipProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        let flipped = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&flipped);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pipe(c2, s2, None));
+                let flag = Arc::clone(&flag);
+                std::thread::spawn(move || {
+                    pipe(
+                        server,
+                        client,
+                        Some(Box::new(move |pos: u64, buf: &mut [u8]| {
+                            let end = pos + buf.len() as u64;
+                            if flip_at >= pos && flip_at < end && !flag.swap(true, Ordering::SeqCst)
+                            {
+                                buf[(flip_at - pos) as usize] ^= 0x55;
+                            }
+                        })),
+                    )
+                });
+            }
+        });
+        FlipProxy { addr, flipped }
+    }
+}
+
+type Tamper = Box<dyn FnMut(u64, &mut [u8]) + Send>;
+
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, mut tamper: Option<Tamper>) {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(t) = tamper.as_mut() {
+            t(pos, &mut buf[..n]);
+        }
+        pos += n as u64;
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+    let _ = from.shutdown(std::net::Shutdown::Read);
+}
