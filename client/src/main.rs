@@ -133,6 +133,7 @@ fn run(args: Args) -> Result<ExitCode> {
         summary.failed.len()
     );
     for (name, why) in &summary.failed {
+        let why = why.strip_prefix(&format!("{name}: ")).unwrap_or(why);
         eprintln!("failed: {name}: {why}");
     }
     Ok(if summary.failed.is_empty() {

@@ -9,6 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use fastdl_protocol::{Digest, Entry};
@@ -40,13 +41,20 @@ pub fn sibling(final_path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// `name.ext` -> `name (n).ext`; `name` -> `name (n)`; `.rc` -> `.rc (n)`.
+/// The stem is shortened when the result would pass the 255-byte limit.
 pub fn numbered(path: &Path, n: u32) -> PathBuf {
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let numbered = match file_name.rfind('.') {
-        Some(dot) if dot > 0 => format!("{} ({n}){}", &file_name[..dot], &file_name[dot..]),
-        _ => format!("{file_name} ({n})"),
+    let (stem, ext) = match file_name.rfind('.') {
+        Some(dot) if dot > 0 => file_name.split_at(dot),
+        _ => (&file_name[..], ""),
     };
-    path.with_file_name(numbered)
+    let tag = format!(" ({n})");
+    let room = 255usize.saturating_sub(tag.len() + ext.len());
+    let mut cut = stem.len().min(room);
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    path.with_file_name(format!("{}{tag}{ext}", &stem[..cut]))
 }
 
 /// BLAKE3 of a file on disk.
@@ -56,9 +64,9 @@ pub fn digest_of_file(path: &Path) -> io::Result<Digest> {
     Ok(Digest(*hasher.finalize().as_bytes()))
 }
 
-/// True if `path` holds exactly the listed file.
+/// True if `path` is a regular file (not a symlink) holding exactly the listed file.
 fn holds(path: &Path, entry: &Entry) -> io::Result<bool> {
-    match fs::metadata(path) {
+    match fs::symlink_metadata(path) {
         Ok(meta) if meta.is_file() && meta.len() == entry.size => {
             Ok(digest_of_file(path)? == entry.digest)
         }
@@ -75,7 +83,7 @@ const MAX_NUMBERED: u32 = 9999;
 /// `name (N).ext` of an earlier collision), where.
 pub fn already_have(out: &Path, entry: &Entry) -> io::Result<Option<PathBuf>> {
     let path = final_path(out, &entry.name);
-    if !path.exists() {
+    if fs::symlink_metadata(&path).is_err() {
         return Ok(None);
     }
     if holds(&path, entry)? {
@@ -83,7 +91,7 @@ pub fn already_have(out: &Path, entry: &Entry) -> io::Result<Option<PathBuf>> {
     }
     for n in 1..=MAX_NUMBERED {
         let candidate = numbered(&path, n);
-        if !candidate.exists() {
+        if fs::symlink_metadata(&candidate).is_err() {
             return Ok(None);
         }
         if holds(&candidate, entry)? {
@@ -94,15 +102,25 @@ pub fn already_have(out: &Path, entry: &Entry) -> io::Result<Option<PathBuf>> {
 }
 
 /// Opens (creating) the part file and gives it its full size up front.
+/// Anything at the part path that is not a regular file (a symlink planted
+/// there, say) is removed first, and the open never follows a symlink, so
+/// bytes are only ever written inside the output folder.
 pub fn open_part(part: &Path, size: u64) -> io::Result<File> {
     if let Some(parent) = part.parent() {
         fs::create_dir_all(parent)?;
+    }
+    if let Ok(meta) = fs::symlink_metadata(part) {
+        if !meta.is_file() {
+            log::warn!("{}: not a regular file; removing it", part.display());
+            fs::remove_file(part)?;
+        }
     }
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(part)?;
     if file.metadata()?.len() != size {
         file.set_len(size)?;
@@ -208,6 +226,10 @@ mod tests {
             Path::new("/o/README (1)")
         );
         assert_eq!(numbered(Path::new("/o/.rc"), 1), Path::new("/o/.rc (1)"));
+        let long = format!("{}.bin", "é".repeat(125));
+        let n = numbered(&Path::new("/o").join(&long), 12);
+        let name = n.file_name().unwrap().to_str().unwrap();
+        assert!(name.len() <= 255 && name.ends_with(" (12).bin"), "{name}");
     }
 
     #[test]

@@ -178,7 +178,15 @@ fn source_rewritten_mid_download_ends_with_the_new_content() {
     fs::create_dir_all(&work).unwrap();
     fs::write(work.join("input.txt"), "v.bin\n").unwrap();
     let mut cmd = client(&server.url(), &work);
-    cmd.args(["--once", "--limit-rate", "4M", "--connections", "1", "--retries", "6"]);
+    cmd.args([
+        "--once",
+        "--limit-rate",
+        "4M",
+        "--connections",
+        "1",
+        "--retries",
+        "6",
+    ]);
     let child = std::thread::spawn(move || run_with_deadline(&mut cmd, DEADLINE));
     let journal = work.join("data/.v.bin.fastdl-journal");
     wait_until(DEADLINE, "some pieces to land", || {

@@ -12,6 +12,7 @@ pub mod line;
 pub mod listing;
 pub mod message;
 pub mod name;
+pub mod plan;
 
 pub use digest::{Digest, PieceTree};
 pub use error::ProtocolError;

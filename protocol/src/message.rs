@@ -25,6 +25,10 @@ pub enum Request {
     },
     /// `PIECES <name>`: the per-piece digests of a listed file.
     Pieces { name: String },
+    /// `PLAN <name>`: an N-stream plan for a listed file.
+    Plan { name: String },
+    /// `JOIN <token>`: the first line on a plan's data stream.
+    Join { token: String },
     /// `QUIT`: the server answers `BYE` and closes.
     Quit,
 }
@@ -98,6 +102,15 @@ pub enum Reply {
         piece_size: u64,
         count: u64,
     },
+    /// `ACCEPTED <N> <M> <PORT_1> ... <PORT_N> <TOKEN>`: a plan of N
+    /// streams carrying M chunks; each port takes one `JOIN <TOKEN>`.
+    Accepted {
+        chunks: u64,
+        ports: Vec<u16>,
+        token: String,
+    },
+    /// `STREAM <index> <chunks>`: a data stream joined; `chunks` frames follow.
+    Stream { index: u32, chunks: u64 },
     /// `END`: closes a multi-line reply.
     End,
     /// `WRONG_INPUT <reason>`: the request named something that is not served.
@@ -151,6 +164,41 @@ fn parse_name(rest: &str) -> Result<String, ProtocolError> {
     Ok(rest.to_owned())
 }
 
+/// Length of a plan token in hex digits (128 random bits).
+pub const TOKEN_HEX_LEN: usize = 32;
+
+fn parse_token(field: &str, line: &str) -> Result<String, ProtocolError> {
+    if field.len() == TOKEN_HEX_LEN && field.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(field.to_ascii_lowercase())
+    } else {
+        Err(ProtocolError::malformed("plan token (32 hex digits)", line))
+    }
+}
+
+fn parse_accepted(rest: &str, line: &str) -> Result<Reply, ProtocolError> {
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let bad =
+        || ProtocolError::malformed("ACCEPTED (want ACCEPTED <N> <M> <PORT>... <TOKEN>)", line);
+    let n = parse_u32(fields.first().ok_or_else(bad)?, "ACCEPTED N", line)?;
+    if n == 0 || n > crate::plan::MAX_STREAMS || fields.len() != n as usize + 3 {
+        return Err(bad());
+    }
+    let chunks = parse_u64(fields[1], "ACCEPTED M", line)?;
+    let ports = fields[2..2 + n as usize]
+        .iter()
+        .map(|p| {
+            let port = parse_u32(p, "ACCEPTED port", line)?;
+            u16::try_from(port).ok().filter(|&p| p != 0).ok_or_else(bad)
+        })
+        .collect::<Result<Vec<u16>, _>>()?;
+    let token = parse_token(fields[2 + n as usize], line)?;
+    Ok(Reply::Accepted {
+        chunks,
+        ports,
+        token,
+    })
+}
+
 impl Request {
     /// Parses one request line (without its line ending).
     pub fn parse(line: &str) -> Result<Request, ProtocolError> {
@@ -180,6 +228,12 @@ impl Request {
             "PIECES" => Ok(Request::Pieces {
                 name: parse_name(rest)?,
             }),
+            "PLAN" => Ok(Request::Plan {
+                name: parse_name(rest)?,
+            }),
+            "JOIN" => Ok(Request::Join {
+                token: parse_token(rest, line)?,
+            }),
             _ => Err(ProtocolError::malformed("request (unknown command)", line)),
         }
     }
@@ -196,6 +250,8 @@ impl fmt::Display for Request {
                 name,
             } => write!(f, "GET {offset} {length} {name}"),
             Request::Pieces { name } => write!(f, "PIECES {name}"),
+            Request::Plan { name } => write!(f, "PLAN {name}"),
+            Request::Join { token } => write!(f, "JOIN {token}"),
             Request::Quit => f.write_str("QUIT"),
         }
     }
@@ -224,6 +280,16 @@ impl Reply {
                     size: parse_u64(size, "PIECES size", line)?,
                     piece_size: parse_u64(piece_size, "PIECES piece size", line)?,
                     count: parse_u64(count, "PIECES count", line)?,
+                })
+            }
+            "ACCEPTED" => parse_accepted(rest, line),
+            "STREAM" => {
+                let (index, chunks) = rest
+                    .split_once(' ')
+                    .ok_or_else(|| ProtocolError::malformed("STREAM header", line))?;
+                Ok(Reply::Stream {
+                    index: parse_u32(index, "STREAM index", line)?,
+                    chunks: parse_u64(chunks, "STREAM chunks", line)?,
                 })
             }
             "END" => no_args(rest, "END", line).map(|_| Reply::End),
@@ -272,6 +338,18 @@ impl fmt::Display for Reply {
             } => {
                 write!(f, "PIECES {size} {piece_size} {count}")
             }
+            Reply::Accepted {
+                chunks,
+                ports,
+                token,
+            } => {
+                write!(f, "ACCEPTED {} {chunks}", ports.len())?;
+                for port in ports {
+                    write!(f, " {port}")?;
+                }
+                write!(f, " {token}")
+            }
+            Reply::Stream { index, chunks } => write!(f, "STREAM {index} {chunks}"),
             Reply::End => f.write_str("END"),
             Reply::WrongInput { reason } => write!(f, "WRONG_INPUT {}", one_line(reason)),
             Reply::Error { code, message } => {
@@ -308,6 +386,12 @@ mod tests {
                 name: "my dir/ünï cødé file.txt".into(),
             },
             Request::Pieces { name: "x y".into() },
+            Request::Plan {
+                name: "big file.iso".into(),
+            },
+            Request::Join {
+                token: "0123456789abcdef0123456789abcdef".into(),
+            },
         ];
         for req in cases {
             let line = req.to_string();
@@ -357,6 +441,10 @@ mod tests {
             "GET  1 2 a",
             "PIECES",
             "PIECES ../x",
+            "PLAN ../x",
+            "JOIN",
+            "JOIN xyz",
+            "JOIN 0123456789abcdef0123456789abcdeg",
         ] {
             assert!(Request::parse(line).is_err(), "{line:?} parsed");
         }
@@ -378,6 +466,15 @@ mod tests {
             Reply::wrong_input("not listed: x y"),
             Reply::error(ErrorCode::Busy, "too many connections (limit 256)"),
             Reply::error(ErrorCode::Other("NEW_THING".into()), "from the future"),
+            Reply::Accepted {
+                chunks: 700,
+                ports: vec![40001, 40002, 40003],
+                token: "00112233445566778899aabbccddeeff".into(),
+            },
+            Reply::Stream {
+                index: 2,
+                chunks: 233,
+            },
         ];
         for reply in cases {
             let line = reply.to_string();

@@ -64,6 +64,18 @@ pub struct Args {
     #[arg(long, default_value = "64M", value_name = "BYTES", value_parser = parse_size)]
     pub max_range: u64,
 
+    /// Most N-stream plans (PLAN requests) open at once; past it a plan request
+    /// gets "ERROR BUSY". A plan is open from ACCEPTED until its streams finish.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_plans: u64,
+
+    /// Bytes to the plan size table's megabyte (the table: 1 stream under 10 MB
+    /// ... 8 streams over 1 GB). Only for tests that want several streams from
+    /// small files.
+    #[arg(long, default_value_t = fastdl_protocol::plan::MB, value_name = "BYTES", hide_short_help = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub plan_unit: u64,
+
     /// More detail in the log (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,

@@ -113,7 +113,7 @@ fn accept_ready(
                 port.active.fetch_add(1, Ordering::Relaxed);
                 let _registered = shared.shutdown.register(&stream);
                 info!("{peer}: connected on port {}", port.port);
-                serve(stream, peer, port, &shared);
+                serve(stream, peer, index, &shared);
                 port.active.fetch_sub(1, Ordering::Relaxed);
             });
         if let Err(e) = spawned {

@@ -7,6 +7,7 @@ mod catalog;
 mod cli;
 mod limits;
 mod listener;
+mod plan;
 mod session;
 mod status;
 mod transfer;
@@ -24,6 +25,7 @@ use log::{error, info};
 use crate::catalog::Catalog;
 use crate::cli::Args;
 use crate::limits::ConnectionLimits;
+use crate::plan::{PlanConfig, Plans};
 use crate::session::{SessionConfig, Shared};
 use crate::status::Stats;
 use fastdl_support::shutdown::Shutdown;
@@ -103,6 +105,11 @@ fn run(args: Args) -> Result<()> {
             write_timeout: Duration::from_secs(args.write_timeout),
             max_range: args.max_range,
         },
+        plans: Arc::new(Plans::new(PlanConfig {
+            max_plans: args.max_plans as usize,
+            unit: args.plan_unit,
+            write_timeout: Duration::from_secs(args.write_timeout),
+        })),
         rescan: wake_tx,
     });
     let limits = Arc::new(ConnectionLimits::new(

@@ -18,7 +18,8 @@ use fastdl_protocol::listing::write_pieces;
 use fastdl_protocol::{ErrorCode, ProtocolError, Reply, Request, MAX_REQUEST_LINE, VERSION};
 use log::{debug, info, warn};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, FileInfo};
+use crate::plan::{PlanRequest, Plans};
 use crate::status::{PortStats, Stats};
 use crate::transfer::{open_listed, send_range, OpenError};
 use fastdl_support::human_bytes;
@@ -38,6 +39,7 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     pub shutdown: Arc<Shutdown>,
     pub config: SessionConfig,
+    pub plans: Arc<Plans>,
     /// Asks the catalog for an early rescan (a file changed under us).
     pub rescan: Sender<()>,
 }
@@ -55,6 +57,7 @@ struct Session<'a> {
     peer: SocketAddr,
     shared: &'a Shared,
     port: &'a PortStats,
+    port_index: usize,
     greeted: bool,
     requests: u64,
     sent: u64,
@@ -62,7 +65,8 @@ struct Session<'a> {
 }
 
 /// Serves one connection until the peer leaves, errs, or shutdown.
-pub fn serve(stream: TcpStream, peer: SocketAddr, port: &PortStats, shared: &Shared) {
+pub fn serve(stream: TcpStream, peer: SocketAddr, port_index: usize, shared: &Shared) {
+    let port = &shared.stats.ports[port_index];
     let started = Instant::now();
     let _ = stream.set_read_timeout(Some(shared.config.idle_timeout));
     let _ = stream.set_write_timeout(Some(shared.config.write_timeout));
@@ -76,6 +80,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, port: &PortStats, shared: &Sha
         peer,
         shared,
         port,
+        port_index,
         greeted: false,
         requests: 0,
         sent: 0,
@@ -218,12 +223,65 @@ impl Session<'_> {
                 length,
                 name,
             } => return self.get(offset, length, name),
+            Request::Plan { name } => {
+                let reply = self.plan(&name);
+                self.reply(&reply)?;
+            }
+            Request::Join { .. } => {
+                self.reply(&Reply::wrong_input("JOIN belongs on a plan's data port"))?;
+            }
             Request::Quit => {
                 self.reply(&Reply::Bye)?;
                 return Ok(Next::Close);
             }
         }
         Ok(Next::Continue)
+    }
+
+    /// Opens a listed file for sending, or says why not (as the reply to give).
+    fn open(&self, name: &str, info: &FileInfo) -> Result<std::fs::File, Reply> {
+        match open_listed(self.shared.catalog.root(), info) {
+            Ok(file) => Ok(file),
+            Err(OpenError::Changed(why)) => {
+                info!("{}: {name}: {why}", self.peer);
+                let _ = self.shared.rescan.try_send(());
+                Err(Reply::error(ErrorCode::Changed, format!("{name}: {why}")))
+            }
+            Err(OpenError::Outside) => {
+                warn!(
+                    "{}: {name}: no longer a regular file inside the folder; refused",
+                    self.peer
+                );
+                let _ = self.shared.rescan.try_send(());
+                Err(Reply::wrong_input(format!("not served: {name}")))
+            }
+            Err(OpenError::Io(e)) => {
+                warn!("{}: {name}: cannot open: {e}", self.peer);
+                Err(Reply::error(ErrorCode::Io, format!("{name}: cannot read")))
+            }
+        }
+    }
+
+    /// Answers `PLAN <name>`: `ACCEPTED ...` with the ports already open, or an error.
+    fn plan(&self, name: &str) -> Reply {
+        let snapshot = self.shared.catalog.snapshot();
+        let Some(info) = snapshot.files.get(name) else {
+            return Reply::wrong_input(format!("not listed: {name}"));
+        };
+        let file = match self.open(name, info) {
+            Ok(file) => file,
+            Err(refusal) => return refusal,
+        };
+        self.shared.plans.offer(PlanRequest {
+            name,
+            file,
+            size: info.size,
+            control: self.stream,
+            peer: self.peer,
+            shutdown: Arc::clone(&self.shared.shutdown),
+            stats: Arc::clone(&self.shared.stats),
+            port: self.port_index,
+        })
     }
 
     fn get(&mut self, offset: u64, length: u64, name: String) -> std::io::Result<Next> {
