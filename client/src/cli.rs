@@ -39,6 +39,16 @@ pub struct Args {
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub connections: u64,
 
+    /// Let the server plan the transfer (seed 000's N-stream plan): it picks
+    /// 1 to 8 streams from the file size (1 under 10 MB ... 8 over 1 GB),
+    /// opens a port per stream and pushes 1 MiB chunks round-robin, with no
+    /// request per chunk. Useful on long, lossy paths where many streams
+    /// beat a few, and when the server should decide the parallelism. Chunks
+    /// are verified like pieces; anything a broken stream did not deliver is
+    /// fetched with ranged reads. Needs the plan ports reachable (not only 1337).
+    #[arg(long)]
+    pub plan: bool,
+
     /// Files downloaded at once.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub jobs: u64,

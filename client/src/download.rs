@@ -17,6 +17,7 @@ use crate::connection::RequestError;
 use crate::fetcher::{self, FileTask};
 use crate::journal::{self, Journal};
 use crate::pieces::{PieceQueue, Stop};
+use crate::plan;
 use crate::pool::Pool;
 use crate::progress::Progress;
 use crate::ratelimit::RateLimit;
@@ -45,6 +46,8 @@ pub struct Downloader {
     pub pool: Pool,
     pub out: PathBuf,
     pub connections: usize,
+    /// `--plan`: let the server push the file over its N-stream plan first.
+    pub plan: bool,
     pub limit: Option<RateLimit>,
     pub progress: Arc<Progress>,
     pub shutdown: Arc<Shutdown>,
@@ -116,6 +119,32 @@ impl Downloader {
             progress: &progress,
             limit: self.limit.as_ref(),
         };
+        if self.plan && count > 0 {
+            if already > 0 {
+                info!(
+                    "{}: part of the file is already here; fetching the rest with ranged reads",
+                    entry.name
+                );
+            } else if let Err(e) = plan::receive(&self.pool, &task, &self.shutdown) {
+                match e {
+                    RequestError::WrongInput(_)
+                    | RequestError::Server {
+                        code: ErrorCode::Changed,
+                        ..
+                    } => {
+                        return self.request_failed(entry, e);
+                    }
+                    e => warn!("{}: plan failed ({e}); using ranged reads", entry.name),
+                }
+            }
+            let missing = queue.remaining();
+            if missing > 0 && queue.stopped().is_none() && !self.shutdown.is_requested() {
+                info!(
+                    "{}: {missing} chunks missing after the plan; fetching them with ranged reads",
+                    entry.name
+                );
+            }
+        }
         let workers = self.connections.min(queue.remaining() as usize);
         let live = AtomicUsize::new(workers);
         let last_error = std::sync::Mutex::new(None::<String>);

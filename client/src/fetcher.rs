@@ -98,15 +98,33 @@ fn pump(
     }
 }
 
-/// Receives one piece, verifies it, writes it.
+/// Receives one requested piece over a control connection.
 fn receive(
     conn: &mut Connection,
     task: &FileTask<'_>,
     piece: u64,
     buf: &mut Vec<u8>,
 ) -> Result<(), RequestError> {
-    let (offset, length) = piece_range(task.entry.size, piece);
+    let (_, length) = piece_range(task.entry.size, piece);
     conn.data_header(length)?;
+    let peer = conn.peer();
+    land_piece(conn.data(), task, piece, buf, &peer)?;
+    Ok(())
+}
+
+/// Reads piece `piece` (exactly its length) from `reader`, hashing while
+/// the bytes arrive; a piece that matches its digest is written at its
+/// offset and recorded, a bad one goes back to the queue. Only an error of
+/// the reader is returned: verification and write problems are recorded in
+/// the queue. `source` names where the bytes came from, for the log.
+pub fn land_piece(
+    reader: &mut impl Read,
+    task: &FileTask<'_>,
+    piece: u64,
+    buf: &mut Vec<u8>,
+    source: &dyn std::fmt::Display,
+) -> std::io::Result<()> {
+    let (offset, length) = piece_range(task.entry.size, piece);
     let length = length as usize;
     ensure_len(buf, length);
     let mut hasher = PieceHasher::new(task.entry.size, piece);
@@ -118,7 +136,7 @@ fn receive(
             limit.acquire(want);
         }
         let slice = &mut buf[got..got + want];
-        conn.data().read_exact(slice)?;
+        reader.read_exact(slice)?;
         hasher.update(slice);
         got += want;
         task.progress.add(want as u64);
@@ -127,10 +145,9 @@ fn receive(
     if digest != task.expected(piece) {
         task.progress.take_back(length as u64);
         warn!(
-            "{}: piece {piece} (bytes {offset}..{}) from {} failed verification; fetching it again",
+            "{}: piece {piece} (bytes {offset}..{}) from {source} failed verification; fetching it again",
             task.entry.name,
             offset + length as u64,
-            conn.peer()
         );
         if !task.queue.failed(piece) {
             warn!(
@@ -168,7 +185,7 @@ fn receive_discard(
     Ok(())
 }
 
-fn ensure_len(buf: &mut Vec<u8>, len: usize) {
+pub fn ensure_len(buf: &mut Vec<u8>, len: usize) {
     if buf.len() < len {
         buf.resize(len.max(PIECE_SIZE as usize), 0);
     }

@@ -11,6 +11,7 @@ mod fetcher;
 mod input;
 mod journal;
 mod pieces;
+mod plan;
 mod pool;
 mod progress;
 mod ratelimit;
@@ -90,6 +91,7 @@ fn run(args: Args) -> Result<ExitCode> {
         pool: Pool::new(addr, connections * jobs),
         out: args.out.clone(),
         connections,
+        plan: args.plan,
         limit: args.limit_rate.map(RateLimit::new),
         progress,
         shutdown: Arc::clone(&shutdown),

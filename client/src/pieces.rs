@@ -72,7 +72,7 @@ impl PieceQueue {
         if state.stop.is_some() {
             return None;
         }
-        state.pending.pop_front()
+        pop_missing(&mut state)
     }
 
     /// Takes the next piece, waiting while other connections still hold
@@ -84,7 +84,7 @@ impl PieceQueue {
             if state.stop.is_some() || state.remaining == 0 {
                 return None;
             }
-            if let Some(piece) = state.pending.pop_front() {
+            if let Some(piece) = pop_missing(&mut state) {
                 return Some(piece);
             }
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
@@ -155,6 +155,17 @@ impl PieceQueue {
     }
 }
 
+/// The next pending piece that has not landed by another route (a plan
+/// stream completes pieces that are still queued for ranged reads).
+fn pop_missing(state: &mut State) -> Option<u64> {
+    while let Some(piece) = state.pending.pop_front() {
+        if state.digests[piece as usize].is_none() {
+            return Some(piece);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +185,15 @@ mod tests {
         assert_eq!(q.remaining(), 0);
         assert_eq!(q.take(), None);
         assert!(q.digests().iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn pieces_landed_elsewhere_are_skipped() {
+        let q = PieceQueue::new(3, vec![None, None, None]);
+        q.complete(0, Digest([0; 32]));
+        q.complete(2, Digest([2; 32]));
+        assert_eq!(q.try_take(), Some(1));
+        assert_eq!(q.try_take(), None);
     }
 
     #[test]
