@@ -23,9 +23,12 @@ use log::LevelFilter;
 #[derive(Debug, Parser)]
 #[command(name = "fastdl-client", version, about, long_about)]
 pub struct Args {
-    /// Server to download from, as HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:1337", value_name = "HOST:PORT")]
-    pub server: String,
+    /// Server to download from, as HOST:PORT. Repeat it to download from
+    /// several mirrors at once: each file comes only from the servers whose
+    /// size and digest for it agree with a strict majority of the servers
+    /// listing it (--connections per agreeing server).
+    #[arg(long = "server", value_name = "HOST:PORT", default_values_t = [String::from("127.0.0.1:1337")])]
+    pub servers: Vec<String>,
 
     /// File of names to download, one per line (only ever read, never changed).
     #[arg(long, default_value = "input.txt", value_name = "FILE")]

@@ -3,7 +3,7 @@
 //! the final whole-file check, fsync and landing.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,8 +42,17 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// One file to fetch, and the servers that agree on what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub entry: Entry,
+    /// Indices into [`Downloader::pools`].
+    pub servers: Vec<usize>,
+}
+
 pub struct Downloader {
-    pub pool: Pool,
+    /// One connection pool per `--server`.
+    pub pools: Vec<Pool>,
     pub out: PathBuf,
     pub connections: usize,
     /// `--plan`: let the server push the file over its N-stream plan first.
@@ -54,8 +63,9 @@ pub struct Downloader {
 }
 
 impl Downloader {
-    /// Makes one attempt at downloading `entry`.
-    pub fn download(&self, entry: &Entry) -> Outcome {
+    /// Makes one attempt at downloading `job.entry` from `job.servers`.
+    pub fn download(&self, job: &Job) -> Outcome {
+        let entry = &job.entry;
         match store::already_have(&self.out, entry) {
             Ok(Some(path)) => return Outcome::AlreadyHad(path),
             Ok(None) => {}
@@ -89,8 +99,8 @@ impl Downloader {
                 ))
             }
         };
-        let expected = match self.piece_digests(entry) {
-            Ok(d) => d,
+        let (expected, servers) = match self.piece_digests(entry, &job.servers) {
+            Ok(found) => found,
             Err(outcome) => return outcome,
         };
         let count = piece_count(entry.size);
@@ -125,14 +135,14 @@ impl Downloader {
                     "{}: part of the file is already here; fetching the rest with ranged reads",
                     entry.name
                 );
-            } else if let Err(e) = plan::receive(&self.pool, &task, &self.shutdown) {
+            } else if let Err(e) = plan::receive(&self.pools[servers[0]], &task, &self.shutdown) {
                 match e {
                     RequestError::WrongInput(_)
                     | RequestError::Server {
                         code: ErrorCode::Changed,
                         ..
                     } => {
-                        return self.request_failed(entry, e);
+                        return self.request_failed(entry, e, &self.pools[servers[0]]);
                     }
                     e => warn!("{}: plan failed ({e}); using ranged reads", entry.name),
                 }
@@ -145,16 +155,26 @@ impl Downloader {
                 );
             }
         }
-        let workers = self.connections.min(queue.remaining() as usize);
-        let live = AtomicUsize::new(workers);
+        // `--connections` workers per agreeing server, all taking pieces from
+        // one queue: a faster server simply takes more.
+        let per_server = self.connections.min(queue.remaining() as usize);
+        let shares: Vec<AtomicU64> = servers.iter().map(|_| AtomicU64::new(0)).collect();
+        let pools: Vec<(&Pool, &AtomicU64)> = servers
+            .iter()
+            .zip(&shares)
+            .flat_map(|(&s, share)| std::iter::repeat_n((&self.pools[s], share), per_server))
+            .collect();
+        let live = AtomicUsize::new(pools.len());
         let last_error = std::sync::Mutex::new(None::<String>);
         std::thread::scope(|scope| {
             let (stop_journal, journal_stop) = crossbeam_channel::bounded::<()>(0);
             scope.spawn(|| keep_journal(entry, &queue, &journal_path, journal_stop));
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        if let Err(e) = self.worker(&task) {
+            let handles: Vec<_> = pools
+                .iter()
+                .map(|&(pool, share)| {
+                    let (task, queue, live, last_error) = (&task, &queue, &live, &last_error);
+                    scope.spawn(move || {
+                        if let Err(e) = self.worker(task, pool, share) {
                             *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         }
                         if live.fetch_sub(1, Ordering::SeqCst) == 1 && queue.remaining() > 0 {
@@ -195,12 +215,33 @@ impl Downloader {
                     part_path.display()
                 )),
                 Stop::Unreachable(why) => Outcome::Failed(format!(
-                    "{}: server {} unreachable: {why}",
+                    "{}: {} unreachable: {why}",
                     entry.name,
-                    self.pool.addr()
+                    self.describe(&servers)
                 )),
                 Stop::Cancelled => Outcome::Cancelled,
             };
+        }
+        if servers.len() > 1 {
+            let total: u64 = shares
+                .iter()
+                .map(|s| s.load(Ordering::Relaxed))
+                .sum::<u64>()
+                .max(1);
+            let split: Vec<String> = servers
+                .iter()
+                .zip(&shares)
+                .map(|(&s, share)| {
+                    let bytes = share.load(Ordering::Relaxed);
+                    format!(
+                        "{} {} ({:.0}%)",
+                        self.pools[s].addr(),
+                        human_bytes(bytes),
+                        bytes as f64 * 100.0 / total as f64
+                    )
+                })
+                .collect();
+            info!("{}: pieces by server: {}", entry.name, split.join(", "));
         }
         let outcome = self.finish(entry, &part, &part_path, &queue, rate, fetched);
         if matches!(outcome, Outcome::Landed | Outcome::AlreadyHad(_)) || !part_path.exists() {
@@ -247,33 +288,86 @@ impl Downloader {
         }
     }
 
-    /// The per-piece digests the pieces are checked against; a one-piece
-    /// file needs none (its piece digest is the file digest).
-    fn piece_digests(&self, entry: &Entry) -> Result<Vec<Digest>, Outcome> {
-        if piece_count(entry.size) <= 1 {
-            return Ok(Vec::new());
-        }
-        let fetched = self.pool.get().and_then(|mut conn| {
-            let _registered = self.shutdown.register(conn.stream());
-            let pieces = conn.pieces(&entry.name, entry.size);
-            if pieces.is_ok() {
-                self.pool.put(conn);
-            }
-            pieces
-        });
-        match fetched {
-            Ok(pieces) => match PieceTree::from_pieces(entry.size, pieces) {
-                Some(tree) if tree.root == entry.digest => Ok(tree.pieces),
-                _ => Err(Outcome::Changed(format!(
-                    "{}: piece digests do not match the listed digest",
-                    entry.name
-                ))),
-            },
-            Err(e) => Err(self.request_failed(entry, e)),
+    /// "server A" or "servers A, B".
+    fn describe(&self, servers: &[usize]) -> String {
+        let addrs: Vec<String> = servers
+            .iter()
+            .map(|&s| self.pools[s].addr().to_string())
+            .collect();
+        match addrs.len() {
+            1 => format!("server {}", addrs[0]),
+            _ => format!("servers {}", addrs.join(", ")),
         }
     }
 
-    fn request_failed(&self, entry: &Entry, e: RequestError) -> Outcome {
+    /// The per-piece digests the pieces are checked against, and the
+    /// servers to fetch from. Every agreeing server is asked; one whose
+    /// digests do not add up to the agreed file digest (or that cannot be
+    /// reached) is not used for this file. A one-piece file needs no
+    /// digests: its piece digest is the file digest.
+    fn piece_digests(
+        &self,
+        entry: &Entry,
+        servers: &[usize],
+    ) -> Result<(Vec<Digest>, Vec<usize>), Outcome> {
+        if piece_count(entry.size) <= 1 {
+            return Ok((Vec::new(), servers.to_vec()));
+        }
+        let mut agreed: Option<Vec<Digest>> = None;
+        let mut usable = Vec::new();
+        let mut last_error = None;
+        for &s in servers {
+            let pool = &self.pools[s];
+            let fetched = pool.get().and_then(|mut conn| {
+                let _registered = self.shutdown.register(conn.stream());
+                let pieces = conn.pieces(&entry.name, entry.size);
+                if pieces.is_ok() {
+                    pool.put(conn);
+                }
+                pieces
+            });
+            match fetched {
+                Ok(pieces) => match PieceTree::from_pieces(entry.size, pieces) {
+                    Some(tree) if tree.root == entry.digest => {
+                        if agreed.as_ref().is_some_and(|a| *a != tree.pieces) {
+                            warn!(
+                                "{}: server {} sent other per-piece digests; not used",
+                                entry.name,
+                                pool.addr()
+                            );
+                            continue;
+                        }
+                        agreed.get_or_insert(tree.pieces);
+                        usable.push(s);
+                    }
+                    _ => {
+                        warn!(
+                            "{}: server {}: per-piece digests do not add up to the listed digest; not used for this file",
+                            entry.name,
+                            pool.addr()
+                        );
+                        last_error = Some(Outcome::Changed(format!(
+                            "{}: piece digests do not match the listed digest",
+                            entry.name
+                        )));
+                    }
+                },
+                Err(e) => {
+                    debug!("{}: server {}: {e}", entry.name, pool.addr());
+                    last_error = Some(self.request_failed(entry, e, pool));
+                }
+            }
+        }
+        match agreed {
+            Some(pieces) => Ok((pieces, usable)),
+            None => Err(last_error.unwrap_or(Outcome::Failed(format!(
+                "{}: no server to fetch from",
+                entry.name
+            )))),
+        }
+    }
+
+    fn request_failed(&self, entry: &Entry, e: RequestError, pool: &Pool) -> Outcome {
         if self.shutdown.is_requested() {
             return Outcome::Cancelled;
         }
@@ -284,15 +378,15 @@ impl Downloader {
                 message,
             } => Outcome::Changed(message),
             e => {
-                self.pool.clear();
-                Outcome::Failed(format!("{}: {e}", entry.name))
+                pool.clear();
+                Outcome::Failed(format!("{}: server {}: {e}", entry.name, pool.addr()))
             }
         }
     }
 
     /// One connection's life within a download: (re)connect with backoff
     /// and work until no piece is left. Returns the last error if it gave up.
-    fn worker(&self, task: &FileTask<'_>) -> Result<(), String> {
+    fn worker(&self, task: &FileTask<'_>, pool: &Pool, share: &AtomicU64) -> Result<(), String> {
         let mut failures = 0u32;
         let mut buf = Vec::new();
         loop {
@@ -303,12 +397,12 @@ impl Downloader {
             if task.queue.stopped().is_some() || task.queue.remaining() == 0 {
                 return Ok(());
             }
-            let mut conn = match self.pool.get() {
+            let mut conn = match pool.get() {
                 Ok(conn) => conn,
                 Err(e) => {
                     failures += 1;
                     if failures >= MAX_CONNECT_FAILURES {
-                        return Err(e.to_string());
+                        return Err(format!("{}: {e}", pool.addr()));
                     }
                     debug!("{}: cannot connect ({e}); retrying", task.entry.name);
                     self.pause(failures);
@@ -317,11 +411,11 @@ impl Downloader {
             };
             let result = {
                 let _registered = self.shutdown.register(conn.stream());
-                fetcher::run(&mut conn, task, &mut buf)
+                fetcher::run(&mut conn, task, &mut buf, share)
             };
             match result {
                 Ok(()) => {
-                    self.pool.put(conn);
+                    pool.put(conn);
                     return Ok(());
                 }
                 Err(RequestError::WrongInput(why)) => {
@@ -341,10 +435,10 @@ impl Downloader {
                     }
                     // A pooled connection may have gone stale: the first
                     // failure retries at once on a fresh connection.
-                    self.pool.clear();
+                    pool.clear();
                     failures += 1;
                     if failures >= MAX_CONNECT_FAILURES {
-                        return Err(e.to_string());
+                        return Err(format!("{}: {e}", pool.addr()));
                     }
                     debug!(
                         "{}: connection to {} lost ({e}); reconnecting",

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fastdl_protocol::digest::{piece_range, PieceHasher};
 use fastdl_protocol::{Digest, Entry, Request, PIECE_SIZE};
@@ -45,13 +46,15 @@ impl FileTask<'_> {
 
 /// Works on `task` over `conn` until no pieces are left for it. On error
 /// every piece this connection held goes back to the queue.
+/// `received` counts the bytes of pieces this connection landed.
 pub fn run(
     conn: &mut Connection,
     task: &FileTask<'_>,
     buf: &mut Vec<u8>,
+    received: &AtomicU64,
 ) -> Result<(), RequestError> {
     let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(PIPELINE_DEPTH);
-    let result = pump(conn, task, buf, &mut in_flight);
+    let result = pump(conn, task, buf, &mut in_flight, received);
     if result.is_err() {
         task.queue.give_back(in_flight.drain(..).rev());
     }
@@ -63,6 +66,7 @@ fn pump(
     task: &FileTask<'_>,
     buf: &mut Vec<u8>,
     in_flight: &mut VecDeque<u64>,
+    received: &AtomicU64,
 ) -> Result<(), RequestError> {
     let size = task.entry.size;
     loop {
@@ -85,6 +89,7 @@ fn pump(
             return Ok(());
         };
         receive(conn, task, piece, buf)?;
+        received.fetch_add(piece_range(task.entry.size, piece).1, Ordering::Relaxed);
         in_flight.pop_front();
         if task.queue.stopped().is_some() {
             // Leave the connection in a clean state: drain what we asked for.

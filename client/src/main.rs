@@ -10,6 +10,7 @@ mod download;
 mod fetcher;
 mod input;
 mod journal;
+mod mirrors;
 mod pieces;
 mod plan;
 mod pool;
@@ -19,7 +20,6 @@ mod scheduler;
 mod store;
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,13 +32,12 @@ use fastdl_support::shutdown::Shutdown;
 use log::{error, info, warn};
 
 use crate::cli::Args;
-use crate::connection::Connection;
 use crate::download::Downloader;
 use crate::input::InputWatcher;
 use crate::pool::Pool;
 use crate::progress::Progress;
 use crate::ratelimit::RateLimit;
-use crate::scheduler::{Policy, Scheduler};
+use crate::scheduler::{fetch_lists, Policy, Scheduler};
 
 /// Exit status when Ctrl-C interrupted a `--once` run.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -74,21 +73,23 @@ fn run(args: Args) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))?;
 
-    let addr = connection::resolve(&args.server).with_context(|| {
-        format!(
-            "cannot resolve server address {:?} (want HOST:PORT)",
-            args.server
-        )
-    })?;
-    let Some(listing) = first_listing(addr, &args, &shutdown)? else {
-        return Ok(interrupted(args.once));
-    };
-    print_listing(&listing);
-
+    let mut addrs = Vec::new();
+    for server in &args.servers {
+        let addr = connection::resolve(server).with_context(|| {
+            format!("cannot resolve server address {server:?} (want HOST:PORT)")
+        })?;
+        if addrs.contains(&addr) {
+            bail!("--server {server} is given twice");
+        }
+        addrs.push(addr);
+    }
     let connections = args.connections as usize;
     let jobs = args.jobs as usize;
     let downloader = Arc::new(Downloader {
-        pool: Pool::new(addr, connections * jobs),
+        pools: addrs
+            .iter()
+            .map(|&addr| Pool::new(addr, connections * jobs))
+            .collect(),
         out: args.out.clone(),
         connections,
         plan: args.plan,
@@ -96,6 +97,11 @@ fn run(args: Args) -> Result<ExitCode> {
         progress,
         shutdown: Arc::clone(&shutdown),
     });
+    let Some(lists) = first_lists(&downloader, &args, &shutdown)? else {
+        return Ok(interrupted(args.once));
+    };
+    print_lists(&lists);
+
     let poll = Duration::from_secs(args.poll);
     let policy = Policy {
         once: args.once,
@@ -103,7 +109,13 @@ fn run(args: Args) -> Result<ExitCode> {
         retry_wait: Duration::from_secs(args.retry_wait),
         poll,
     };
-    let scheduler = Scheduler::new(downloader, listing, jobs, policy, Arc::clone(&shutdown));
+    let scheduler = Scheduler::new(
+        Arc::clone(&downloader),
+        lists,
+        jobs,
+        policy,
+        Arc::clone(&shutdown),
+    );
 
     let (names_tx, names_rx) = crossbeam_channel::unbounded();
     if args.once {
@@ -153,43 +165,87 @@ fn interrupted(once: bool) -> ExitCode {
     }
 }
 
-/// Fetches the list, retrying with backoff: forever in watch mode, up to
-/// `--retries` times with `--once`. `None` if interrupted.
-fn first_listing(addr: SocketAddr, args: &Args, shutdown: &Shutdown) -> Result<Option<Listing>> {
+/// Fetches every server's list, retrying with backoff until at least one
+/// answers: forever in watch mode, up to `--retries` times with `--once`.
+/// `None` if interrupted.
+fn first_lists(
+    downloader: &Downloader,
+    args: &Args,
+    shutdown: &Shutdown,
+) -> Result<Option<Vec<Option<Listing>>>> {
     let mut attempt = 0u64;
     loop {
-        let result = Connection::open(addr).and_then(|mut conn| {
-            let listing = conn.list();
-            conn.quit();
-            listing
-        });
-        match result {
-            Ok(listing) => return Ok(Some(listing)),
-            Err(e) => {
-                attempt += 1;
-                if args.once && attempt >= args.retries {
-                    bail!("cannot get the list from server {addr}: {e}");
+        let fetched = fetch_lists(downloader);
+        let mut errors = Vec::new();
+        let lists: Vec<Option<Listing>> = fetched
+            .into_iter()
+            .zip(&downloader.pools)
+            .map(|(result, pool)| match result {
+                Ok(list) => Some(list),
+                Err(e) => {
+                    errors.push(format!("{}: {e}", pool.addr()));
+                    None
                 }
-                let wait = Duration::from_secs(1 << attempt.min(5));
-                warn!(
-                    "cannot get the list from server {addr} ({e}); retrying in {} s",
-                    wait.as_secs()
-                );
-                let until = std::time::Instant::now() + wait;
-                while std::time::Instant::now() < until {
-                    if shutdown.is_requested() {
-                        return Ok(None);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+            })
+            .collect();
+        if lists.iter().any(Option::is_some) {
+            for e in &errors {
+                warn!("cannot get the list from server {e}; going on without it for now");
             }
+            return Ok(Some(lists));
+        }
+        let why = errors.join("; ");
+        attempt += 1;
+        if args.once && attempt >= args.retries {
+            bail!("cannot get the list from server {why}");
+        }
+        let wait = Duration::from_secs(1 << attempt.min(5));
+        warn!(
+            "cannot get the list from server {why}; retrying in {} s",
+            wait.as_secs()
+        );
+        let until = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < until {
+            if shutdown.is_requested() {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
 
-fn print_listing(listing: &Listing) {
-    println!("{} files on the server:", listing.len());
-    for (i, entry) in listing.entries().iter().enumerate() {
-        println!("{}) {}  {}", i + 1, entry.name, human_bytes(entry.size));
+/// Prints the list (merged over all servers, marking names not every server
+/// holds and names the servers disagree on).
+fn print_lists(lists: &[Option<Listing>]) {
+    let merged = mirrors::merge(lists);
+    let reachable = lists.iter().filter(|l| l.is_some()).count();
+    if lists.len() == 1 {
+        println!("{} files on the server:", merged.len());
+    } else {
+        println!(
+            "{} files on {reachable} of {} servers:",
+            merged.len(),
+            lists.len()
+        );
+    }
+    for (i, entry) in merged.iter().enumerate() {
+        let mut marks = Vec::new();
+        if lists.len() > 1 && entry.held_by < lists.len() {
+            marks.push(format!("on {} of {} servers", entry.held_by, lists.len()));
+        }
+        if entry.conflict {
+            marks.push("servers disagree on its content".to_owned());
+        }
+        let marks = if marks.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", marks.join("; "))
+        };
+        println!(
+            "{}) {}  {}{marks}",
+            i + 1,
+            entry.name,
+            human_bytes(entry.size)
+        );
     }
 }

@@ -1,21 +1,23 @@
 //! The queue: turns names from input.txt into downloads.
 //!
-//! It owns the client's view of the server's list, decides which names to
-//! queue (listed, valid, not seen before in this run), hands them to
-//! `--jobs` download threads over a crossbeam channel, and decides what
-//! happens after each attempt: done, retry with backoff, wait for the name
-//! to (re)appear in the list, or count as failed (`--once`).
+//! It owns the client's view of every server's list, decides what to do
+//! with each name (queue it with the servers that agree on it, wait for it
+//! to be listed, or count it as failed), hands jobs to `--jobs` download
+//! threads over a crossbeam channel, and decides what happens after each
+//! attempt: done, retry with backoff, wait for the name to (re)appear, or
+//! failed (`--once`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use fastdl_protocol::{validate_name, Entry, Listing};
+use fastdl_protocol::{validate_name, Listing};
 use fastdl_support::shutdown::Shutdown;
 use log::{error, info, warn};
 
-use crate::download::{Downloader, Outcome};
+use crate::download::{Downloader, Job, Outcome};
+use crate::mirrors::{vote, Vote};
 
 /// Longest wait between retries of one file in watch mode.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
@@ -38,40 +40,48 @@ pub struct Policy {
     pub retries: u64,
     /// First wait before a retry; doubled per failure up to [`MAX_RETRY_WAIT`].
     pub retry_wait: Duration,
-    /// How often the list is re-fetched while names wait for it.
+    /// How often the lists are re-fetched while names wait for them.
     pub poll: Duration,
 }
 
 pub struct Scheduler {
     downloader: Arc<Downloader>,
-    listing: Listing,
-    once: bool,
-    retries: u64,
-    retry_wait: Duration,
-    poll: Duration,
+    /// Each server's list (`None`: not reachable at the last fetch).
+    lists: Vec<Option<Listing>>,
+    policy: Policy,
     shutdown: Arc<Shutdown>,
-    jobs: Sender<Entry>,
-    results: Receiver<(Entry, Outcome)>,
+    jobs: Sender<Job>,
+    results: Receiver<(Job, Outcome)>,
     seen: HashSet<String>,
-    waiting: BTreeSet<String>,
+    /// Names waiting for the servers (not listed, or no majority), with
+    /// what was last said about them.
+    waiting: BTreeMap<String, String>,
     active: HashSet<String>,
     attempts: HashMap<String, u64>,
     retry_at: BTreeMap<String, Instant>,
     next_refresh: Instant,
-    list_unreachable: bool,
+    unreachable: BTreeSet<usize>,
     summary: Summary,
+}
+
+/// Whether `place` reports what it decides (new names) or stays quiet
+/// (names re-checked after a refresh).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Report {
+    Loud,
+    Quiet,
 }
 
 impl Scheduler {
     /// Starts `workers` download threads and returns the scheduler that feeds them.
     pub fn new(
         downloader: Arc<Downloader>,
-        listing: Listing,
+        lists: Vec<Option<Listing>>,
         workers: usize,
         policy: Policy,
         shutdown: Arc<Shutdown>,
     ) -> Scheduler {
-        let (jobs, job_rx) = crossbeam_channel::unbounded::<Entry>();
+        let (jobs, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (result_tx, results) = crossbeam_channel::unbounded();
         for i in 0..workers {
             let (job_rx, result_tx, downloader) =
@@ -79,9 +89,9 @@ impl Scheduler {
             let spawned = std::thread::Builder::new()
                 .name(format!("job {i}"))
                 .spawn(move || {
-                    for entry in job_rx {
-                        let outcome = downloader.download(&entry);
-                        if result_tx.send((entry, outcome)).is_err() {
+                    for job in job_rx {
+                        let outcome = downloader.download(&job);
+                        if result_tx.send((job, outcome)).is_err() {
                             return;
                         }
                     }
@@ -92,21 +102,18 @@ impl Scheduler {
         }
         Scheduler {
             downloader,
-            listing,
-            once: policy.once,
-            retries: policy.retries,
-            retry_wait: policy.retry_wait,
-            poll: policy.poll,
+            lists,
+            policy,
             shutdown,
             jobs,
             results,
             seen: HashSet::new(),
-            waiting: BTreeSet::new(),
+            waiting: BTreeMap::new(),
             active: HashSet::new(),
             attempts: HashMap::new(),
             retry_at: BTreeMap::new(),
             next_refresh: Instant::now(),
-            list_unreachable: false,
+            unreachable: BTreeSet::new(),
             summary: Summary::default(),
         }
     }
@@ -126,8 +133,8 @@ impl Scheduler {
                     Err(_) => input_open = false,
                 },
                 recv(self.results) -> result => {
-                    if let Ok((entry, outcome)) = result {
-                        self.settle(entry, outcome);
+                    if let Ok((job, outcome)) = result {
+                        self.settle(job, outcome);
                     }
                 },
                 default(tick) => {},
@@ -138,7 +145,8 @@ impl Scheduler {
                 self.refresh();
             }
             self.start_due_retries();
-            if self.once && !input_open && self.active.is_empty() && self.retry_at.is_empty() {
+            if self.policy.once && !input_open && self.active.is_empty() && self.retry_at.is_empty()
+            {
                 break;
             }
         }
@@ -152,40 +160,92 @@ impl Scheduler {
             }
             if let Err(e) = validate_name(&name) {
                 warn!("{name:?}: not a valid name ({e}); ignored");
-                if self.once {
+                if self.policy.once {
                     self.summary
                         .failed
                         .push((name, format!("not a valid name: {e}")));
                 }
                 continue;
             }
-            match self.listing.get(&name).cloned() {
-                Some(entry) => self.queue(entry),
-                None if self.once => {
-                    warn!("{name}: not listed by the server");
-                    self.summary
-                        .failed
-                        .push((name, "not listed by the server".into()));
-                }
-                None => {
-                    warn!("{name}: not listed by the server; will check again when the list is re-fetched");
-                    self.waiting.insert(name);
-                }
-            }
+            self.place(name, Report::Loud);
         }
     }
 
-    fn queue(&mut self, entry: Entry) {
-        if self.active.insert(entry.name.clone()) {
+    /// Decides what to do with a name now: queue it with the servers that
+    /// agree on it, let it wait for the servers, or (`--once`) fail it.
+    fn place(&mut self, name: String, report: Report) {
+        let servers = self.downloader.pools.len();
+        let why = match vote(&name, &self.lists) {
+            Vote::Agreed {
+                entry,
+                servers: agreeing,
+                dissenters,
+            } => {
+                if report == Report::Loud || self.waiting.contains_key(&name) {
+                    for (s, size, digest) in &dissenters {
+                        warn!(
+                            "{name}: server {} claims {size} bytes with digest {digest}, but {} of {} servers listing it \
+                             say {} bytes with digest {}; not using it for this file",
+                            self.downloader.pools[*s].addr(),
+                            agreeing.len(),
+                            agreeing.len() + dissenters.len(),
+                            entry.size,
+                            entry.digest
+                        );
+                    }
+                }
+                if self.waiting.remove(&name).is_some() {
+                    info!("{name}: now listed; queued");
+                }
+                self.queue(Job {
+                    entry,
+                    servers: agreeing,
+                });
+                return;
+            }
+            Vote::NotListed if servers == 1 => "not listed by the server".to_owned(),
+            Vote::NotListed => "not listed by any server".to_owned(),
+            Vote::NoMajority(claims) => {
+                let said: Vec<String> = claims
+                    .iter()
+                    .map(|(s, size, digest)| {
+                        format!(
+                            "{} says {size} bytes, digest {digest}",
+                            self.downloader.pools[*s].addr()
+                        )
+                    })
+                    .collect();
+                format!(
+                    "the servers disagree and no majority holds ({})",
+                    said.join("; ")
+                )
+            }
+        };
+        if self.policy.once {
+            warn!("{name}: {why}");
+            self.done(&name);
+            self.summary.failed.push((name, why));
+            return;
+        }
+        let changed = self.waiting.get(&name) != Some(&why);
+        if report == Report::Loud || changed {
+            warn!("{name}: {why}; will check again when the list is re-fetched");
+        }
+        self.done(&name);
+        self.waiting.insert(name, why);
+    }
+
+    fn queue(&mut self, job: Job) {
+        if self.active.insert(job.entry.name.clone()) {
             self.downloader.progress.queued();
         }
-        if self.jobs.send(entry).is_err() {
+        if self.jobs.send(job).is_err() {
             error!("download threads are gone");
         }
     }
 
-    fn settle(&mut self, entry: Entry, outcome: Outcome) {
-        let name = entry.name.clone();
+    fn settle(&mut self, job: Job, outcome: Outcome) {
+        let name = job.entry.name.clone();
         match outcome {
             Outcome::Landed => {
                 self.summary.downloaded += 1;
@@ -203,27 +263,20 @@ impl Scheduler {
             Outcome::Changed(why) => {
                 info!("{why}; fetching the list again");
                 self.refresh();
-                match self.listing.get(&name).cloned() {
-                    Some(new) if self.attempt(&name) => {
-                        if new != entry {
-                            info!("{name}: the server has a new version; starting it again");
-                            self.queue(new);
-                        } else {
-                            // The server has not finished rescanning yet: ask again shortly.
-                            self.retry_at.insert(name, Instant::now() + self.retry_wait);
-                        }
+                if !self.attempt(&name) {
+                    self.give_up(&name, why);
+                    return;
+                }
+                let now_listed = vote(&name, &self.lists);
+                if matches!(&now_listed, Vote::Agreed { entry, .. } if *entry == job.entry) {
+                    // The server has not finished rescanning yet: ask again shortly.
+                    self.retry_at
+                        .insert(name, Instant::now() + self.policy.retry_wait);
+                } else {
+                    if matches!(now_listed, Vote::Agreed { .. }) {
+                        info!("{name}: the server has a new version; starting it again");
                     }
-                    Some(_) => self.give_up(&name, why),
-                    None if self.once => {
-                        self.give_up(&name, format!("{name}: no longer listed by the server"))
-                    }
-                    None => {
-                        warn!(
-                            "{name}: no longer listed by the server; waiting for it to come back"
-                        );
-                        self.done(&name);
-                        self.waiting.insert(name);
-                    }
+                    self.place(name, Report::Loud);
                 }
             }
             Outcome::Failed(why) => {
@@ -232,7 +285,7 @@ impl Scheduler {
                     return;
                 }
                 let n = self.attempts[&name];
-                let wait = (self.retry_wait * (1 << (n - 1).min(10))).min(MAX_RETRY_WAIT);
+                let wait = (self.policy.retry_wait * (1 << (n - 1).min(10))).min(MAX_RETRY_WAIT);
                 warn!("{why}; trying again in {} s", wait.as_secs());
                 self.retry_at.insert(name, Instant::now() + wait);
             }
@@ -243,7 +296,7 @@ impl Scheduler {
     fn attempt(&mut self, name: &str) -> bool {
         let n = self.attempts.entry(name.to_owned()).or_insert(0);
         *n += 1;
-        !self.once || *n < self.retries
+        !self.policy.once || *n < self.policy.retries
     }
 
     fn done(&mut self, name: &str) {
@@ -269,63 +322,69 @@ impl Scheduler {
             .collect();
         for name in due {
             self.retry_at.remove(&name);
-            match self.listing.get(&name).cloned() {
-                Some(entry) => self.queue(entry),
-                None if self.once => {
-                    self.give_up(&name, format!("{name}: no longer listed by the server"))
-                }
-                None => {
-                    warn!("{name}: no longer listed by the server; waiting for it to come back");
-                    self.done(&name);
-                    self.waiting.insert(name);
-                }
-            }
+            self.place(name, Report::Quiet);
         }
     }
 
-    /// Fetches the list again and queues waiting names that appeared.
+    /// Fetches every server's list again and re-places the waiting names.
     fn refresh(&mut self) {
-        self.next_refresh = Instant::now() + self.poll;
-        let pool = &self.downloader.pool;
-        let fetched = pool.get().and_then(|mut conn| {
-            let listing = conn.list();
-            if listing.is_ok() {
-                pool.put(conn);
-            }
-            listing
-        });
-        match fetched {
-            Ok(listing) => {
-                if self.list_unreachable {
-                    info!("server {} is reachable again", pool.addr());
-                    self.list_unreachable = false;
+        self.next_refresh = Instant::now() + self.policy.poll;
+        let fetched = fetch_lists(&self.downloader);
+        for (i, result) in fetched.into_iter().enumerate() {
+            let addr = self.downloader.pools[i].addr();
+            match result {
+                Ok(listing) => {
+                    if self.unreachable.remove(&i) {
+                        info!("server {addr} is reachable again");
+                    }
+                    if self.lists[i].as_ref() != Some(&listing) {
+                        info!("server {addr}: the list changed: {} files", listing.len());
+                    }
+                    self.lists[i] = Some(listing);
                 }
-                if listing != self.listing {
-                    info!("the server's list changed: {} files", listing.len());
+                Err(e) => {
+                    if self.unreachable.insert(i) {
+                        warn!("cannot fetch the list from {addr} ({e}); will keep trying");
+                    }
+                    self.lists[i] = None;
                 }
-                self.listing = listing;
-            }
-            Err(e) => {
-                pool.clear();
-                if !self.list_unreachable {
-                    warn!(
-                        "cannot fetch the list from {} ({e}); will keep trying",
-                        pool.addr()
-                    );
-                    self.list_unreachable = true;
-                }
-                return;
             }
         }
-        let appeared: Vec<Entry> = self
-            .waiting
-            .iter()
-            .filter_map(|name| self.listing.get(name).cloned())
-            .collect();
-        for entry in appeared {
-            info!("{}: now listed by the server; queued", entry.name);
-            self.waiting.remove(&entry.name);
-            self.queue(entry);
+        let waiting: Vec<String> = self.waiting.keys().cloned().collect();
+        for name in waiting {
+            self.place(name, Report::Quiet);
         }
     }
+}
+
+/// Fetches the list from every server at once.
+pub fn fetch_lists(downloader: &Downloader) -> Vec<Result<Listing, String>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = downloader
+            .pools
+            .iter()
+            .map(|pool| {
+                scope.spawn(move || {
+                    let fetched = pool.get().and_then(|mut conn| {
+                        let listing = conn.list();
+                        if listing.is_ok() {
+                            pool.put(conn);
+                        }
+                        listing
+                    });
+                    fetched.map_err(|e| {
+                        pool.clear();
+                        e.to_string()
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("list fetch panicked".into()))
+            })
+            .collect()
+    })
 }
