@@ -39,3 +39,6 @@ pub const MAX_REPLY_LINE: usize = 8192;
 
 /// Most entries a client accepts in one listing.
 pub const MAX_LIST_ENTRIES: u64 = 1_000_000;
+
+/// Most bytes of entry lines a client accepts in one listing.
+pub const MAX_LIST_BYTES: usize = 128 << 20;

@@ -14,7 +14,7 @@ use crate::error::ProtocolError;
 use crate::line::{expect_line, write_line};
 use crate::message::Reply;
 use crate::name::validate_name;
-use crate::{MAX_LIST_ENTRIES, MAX_REPLY_LINE};
+use crate::{MAX_LIST_BYTES, MAX_LIST_ENTRIES, MAX_REPLY_LINE};
 
 /// One published file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,8 +130,15 @@ impl Listing {
             )));
         }
         let mut entries = Vec::new();
+        let mut bytes = 0usize;
         for expected in 1..=count {
             let line = expect_line(reader, MAX_REPLY_LINE)?;
+            bytes += line.len() + 1;
+            if bytes > MAX_LIST_BYTES {
+                return Err(ProtocolError::Unexpected(format!(
+                    "list longer than {MAX_LIST_BYTES} bytes"
+                )));
+            }
             let (index, entry) = Entry::parse_line(&line)?;
             if index != expected {
                 return Err(ProtocolError::malformed(

@@ -56,6 +56,11 @@ pub struct Args {
     #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
 
+    /// Close a connection whose request line, once begun, is not complete
+    /// within SECS seconds (slow-loris peers).
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout: u64,
+
     /// Close a connection whose reader accepts no data for SECS seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub write_timeout: u64,

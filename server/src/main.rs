@@ -7,6 +7,7 @@ mod catalog;
 mod cli;
 mod limits;
 mod listener;
+mod pacing;
 mod plan;
 mod session;
 mod status;
@@ -102,6 +103,7 @@ fn run(args: Args) -> Result<()> {
         shutdown: Arc::clone(&shutdown),
         config: SessionConfig {
             idle_timeout: Duration::from_secs(args.idle_timeout),
+            request_timeout: Duration::from_secs(args.request_timeout),
             write_timeout: Duration::from_secs(args.write_timeout),
             max_range: args.max_range,
         },

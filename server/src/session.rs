@@ -19,6 +19,7 @@ use fastdl_protocol::{ErrorCode, ProtocolError, Reply, Request, MAX_REQUEST_LINE
 use log::{debug, info, warn};
 
 use crate::catalog::{Catalog, FileInfo};
+use crate::pacing::{Expired, PacedReader};
 use crate::plan::{PlanRequest, Plans};
 use crate::status::{PortStats, Stats};
 use crate::transfer::{open_listed, send_range, OpenError};
@@ -29,6 +30,8 @@ use fastdl_support::shutdown::Shutdown;
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub idle_timeout: Duration,
+    /// Time a begun request line has to complete.
+    pub request_timeout: Duration,
     pub write_timeout: Duration,
     pub max_range: u64,
 }
@@ -68,13 +71,17 @@ struct Session<'a> {
 pub fn serve(stream: TcpStream, peer: SocketAddr, port_index: usize, shared: &Shared) {
     let port = &shared.stats.ports[port_index];
     let started = Instant::now();
-    let _ = stream.set_read_timeout(Some(shared.config.idle_timeout));
     let _ = stream.set_write_timeout(Some(shared.config.write_timeout));
     let _ = stream.set_nodelay(true);
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
-    let mut reader = BufReader::with_capacity(MAX_REQUEST_LINE, read_half);
+    let paced = PacedReader::new(
+        read_half,
+        shared.config.idle_timeout,
+        shared.config.request_timeout,
+    );
+    let mut reader = BufReader::with_capacity(MAX_REQUEST_LINE, paced);
     let mut session = Session {
         stream: &stream,
         peer,
@@ -88,6 +95,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, port_index: usize, shared: &Sh
     };
     let mut bad = 0u32;
     while !shared.shutdown.is_requested() {
+        reader.get_mut().begin_line();
         let reply_and_next = match read_line(&mut reader, MAX_REQUEST_LINE) {
             Ok(None) => break,
             Ok(Some(line)) => {
@@ -122,11 +130,17 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, port_index: usize, shared: &Sh
             Err(ProtocolError::Io(e))
                 if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
             {
-                info!("{peer}: idle for {:?}, closing", shared.config.idle_timeout);
-                session.reply_then(
-                    &Reply::error(ErrorCode::Timeout, "idle too long"),
-                    Next::Close,
-                )
+                let why = match reader.get_ref().expired() {
+                    Expired::Idle => {
+                        format!("no request for {} s", shared.config.idle_timeout.as_secs())
+                    }
+                    Expired::Line => format!(
+                        "request line not completed within {} s",
+                        shared.config.request_timeout.as_secs()
+                    ),
+                };
+                info!("{peer}: {why}; closing");
+                session.reply_then(&Reply::error(ErrorCode::Timeout, why), Next::Close)
             }
             Err(_) => break,
         };
