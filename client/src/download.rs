@@ -21,7 +21,7 @@ use crate::plan;
 use crate::pool::Pool;
 use crate::progress::Progress;
 use crate::ratelimit::RateLimit;
-use crate::store::{self, Landed};
+use crate::store;
 
 /// Consecutive failed connection attempts after which a worker gives up
 /// on the current attempt at a file (the scheduler retries the file later).
@@ -40,6 +40,21 @@ pub enum Outcome {
     Failed(String),
     /// Shutdown was requested.
     Cancelled,
+    /// Complete and verified, waiting in its part file to be flushed and
+    /// landed by the [`crate::lander`].
+    Verified(Box<Verified>),
+}
+
+/// A verified part file on its way to its final name.
+#[derive(Debug)]
+pub struct Verified {
+    /// The open part file (for fsync), when it could be kept open.
+    pub part: Option<std::fs::File>,
+    pub part_path: PathBuf,
+    pub journal_path: PathBuf,
+    /// Network rate and bytes fetched in this attempt, for the log.
+    pub rate: f64,
+    pub fetched: u64,
 }
 
 /// One file to fetch, and the servers that agree on what it is.
@@ -166,31 +181,38 @@ impl Downloader {
             .collect();
         let live = AtomicUsize::new(pools.len());
         let last_error = std::sync::Mutex::new(None::<String>);
+        let run_worker = |pool: &Pool, share: &AtomicU64| {
+            if let Err(e) = self.worker(&task, pool, share) {
+                *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+            if live.fetch_sub(1, Ordering::SeqCst) == 1 && queue.remaining() > 0 {
+                let why = last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "no connection could be made".into());
+                queue.stop(Stop::Unreachable(why));
+            }
+            queue.wake_all();
+        };
         std::thread::scope(|scope| {
+            // A one-piece file has nothing to resume from: no journal.
             let (stop_journal, journal_stop) = crossbeam_channel::bounded::<()>(0);
-            scope.spawn(|| keep_journal(entry, &queue, &journal_path, journal_stop));
-            let handles: Vec<_> = pools
-                .iter()
-                .map(|&(pool, share)| {
-                    let (task, queue, live, last_error) = (&task, &queue, &live, &last_error);
-                    scope.spawn(move || {
-                        if let Err(e) = self.worker(task, pool, share) {
-                            *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                        }
-                        if live.fetch_sub(1, Ordering::SeqCst) == 1 && queue.remaining() > 0 {
-                            let why = last_error
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .clone()
-                                .unwrap_or_else(|| "no connection could be made".into());
-                            queue.stop(Stop::Unreachable(why));
-                        }
-                        queue.wake_all();
-                    })
-                })
-                .collect();
-            for handle in handles {
-                let _ = handle.join();
+            if count > 1 {
+                scope.spawn(|| keep_journal(entry, &queue, &journal_path, journal_stop));
+            }
+            match pools[..] {
+                // A lone connection works on this thread: no spawn per small file.
+                [(pool, share)] => run_worker(pool, share),
+                _ => {
+                    let handles: Vec<_> = pools
+                        .iter()
+                        .map(|&(pool, share)| scope.spawn(move || run_worker(pool, share)))
+                        .collect();
+                    for handle in handles {
+                        let _ = handle.join();
+                    }
+                }
             }
             drop(stop_journal);
         });
@@ -244,7 +266,7 @@ impl Downloader {
             info!("{}: pieces by server: {}", entry.name, split.join(", "));
         }
         let outcome = self.finish(entry, &part, &part_path, &queue, rate, fetched);
-        if matches!(outcome, Outcome::Landed | Outcome::AlreadyHad(_)) || !part_path.exists() {
+        if matches!(outcome, Outcome::AlreadyHad(_)) || !part_path.exists() {
             let _ = std::fs::remove_file(&journal_path);
         }
         outcome
@@ -465,7 +487,7 @@ impl Downloader {
         }
     }
 
-    /// Whole-file check, fsync, landing.
+    /// Whole-file check; flushing and landing are the lander's.
     fn finish(
         &self,
         entry: &Entry,
@@ -491,28 +513,13 @@ impl Downloader {
                 entry.name
             ));
         }
-        if let Err(e) = part.sync_all() {
-            return Outcome::Failed(format!(
-                "{}: cannot flush {}: {e}",
-                entry.name,
-                part_path.display()
-            ));
-        }
-        match store::land(part_path, entry, &self.out) {
-            Ok(Landed::New(path)) => {
-                info!(
-                    "{}: done, {} verified, {} fetched this run ({}/s) -> {}",
-                    entry.name,
-                    human_bytes(entry.size),
-                    human_bytes(fetched),
-                    human_bytes(rate as u64),
-                    path.display()
-                );
-                Outcome::Landed
-            }
-            Ok(Landed::AlreadyThere(path)) => Outcome::AlreadyHad(path),
-            Err(e) => Outcome::Failed(format!("{}: cannot move into place: {e}", entry.name)),
-        }
+        Outcome::Verified(Box::new(Verified {
+            part: part.try_clone().ok(),
+            part_path: part_path.to_path_buf(),
+            journal_path: journal::journal_path(&store::final_path(&self.out, &entry.name)),
+            rate,
+            fetched,
+        }))
     }
 }
 
@@ -579,6 +586,11 @@ fn keep_journal(
         );
         let done: Vec<bool> = queue.digests().iter().map(Option::is_some).collect();
         let count = done.iter().filter(|d| **d).count();
+        if last && count == done.len() && written.is_none() {
+            // Finished before a journal was ever needed: the part goes
+            // straight on to be landed, nothing to resume from.
+            return;
+        }
         if written != Some(count) && (count > 0 || last) {
             let journal = Journal {
                 name: entry.name.clone(),

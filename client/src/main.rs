@@ -10,6 +10,7 @@ mod download;
 mod fetcher;
 mod input;
 mod journal;
+mod lander;
 mod mirrors;
 mod pieces;
 mod plan;

@@ -17,6 +17,7 @@ use fastdl_support::shutdown::Shutdown;
 use log::{error, info, warn};
 
 use crate::download::{Downloader, Job, Outcome};
+use crate::lander;
 use crate::mirrors::{vote, Vote};
 
 /// Longest wait between retries of one file in watch mode.
@@ -83,15 +84,34 @@ impl Scheduler {
     ) -> Scheduler {
         let (jobs, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (result_tx, results) = crossbeam_channel::unbounded();
+        let (verified_tx, verified_rx) = crossbeam_channel::unbounded();
+        {
+            let (out, result_tx) = (downloader.out.clone(), result_tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name("lander".into())
+                .spawn(move || lander::run(out, verified_rx, result_tx));
+            if let Err(e) = spawned {
+                error!("cannot start the landing thread: {e}");
+            }
+        }
         for i in 0..workers {
-            let (job_rx, result_tx, downloader) =
-                (job_rx.clone(), result_tx.clone(), Arc::clone(&downloader));
+            let (job_rx, result_tx, verified_tx, downloader) = (
+                job_rx.clone(),
+                result_tx.clone(),
+                verified_tx.clone(),
+                Arc::clone(&downloader),
+            );
             let spawned = std::thread::Builder::new()
                 .name(format!("job {i}"))
                 .spawn(move || {
                     for job in job_rx {
-                        let outcome = downloader.download(&job);
-                        if result_tx.send((job, outcome)).is_err() {
+                        let sent = match downloader.download(&job) {
+                            Outcome::Verified(verified) => {
+                                verified_tx.send((job, verified)).is_ok()
+                            }
+                            outcome => result_tx.send((job, outcome)).is_ok(),
+                        };
+                        if !sent {
                             return;
                         }
                     }
@@ -260,6 +280,7 @@ impl Scheduler {
                 self.done(&name);
             }
             Outcome::Cancelled => {}
+            Outcome::Verified(_) => error!("{name}: verified but not landed (internal error)"),
             Outcome::Changed(why) => {
                 info!("{why}; fetching the list again");
                 self.refresh();

@@ -1,9 +1,9 @@
 //! The output folder: where a name lands, its hidden part file, the
 //! existing-file rules, and the final fsync-and-rename.
 //!
-//! A file appears under its final name only through [`land`], after it was
-//! verified: fsync of the part file, one rename that never replaces an
-//! existing file, fsync of the folder. An existing file with the same
+//! A file appears under its final name only through [`place`], after it
+//! was verified and flushed: one rename that never replaces an existing
+//! file (the lander then fsyncs the folder). An existing file with the same
 //! digest means the download is already done; one with a different digest
 //! is never touched, and the new file takes the first free `name (N).ext`.
 
@@ -145,9 +145,10 @@ pub enum Landed {
     AlreadyThere(PathBuf),
 }
 
-/// Moves a verified, fsynced part file to its final name without ever
-/// replacing a file, then fsyncs the folder.
-pub fn land(part: &Path, entry: &Entry, out: &Path) -> io::Result<Landed> {
+/// Moves a verified, already flushed part file to its final name without
+/// ever replacing a file. The caller fsyncs the folder afterwards (once per
+/// folder for a batch: see `lander`).
+pub fn place(part: &Path, entry: &Entry, out: &Path) -> io::Result<Landed> {
     let target = final_path(out, &entry.name);
     let mut candidate = target.clone();
     let mut n = 0;
@@ -170,9 +171,6 @@ pub fn land(part: &Path, entry: &Entry, out: &Path) -> io::Result<Landed> {
             }
             Err(e) => return Err(e.into()),
         }
-    }
-    if let Some(dir) = candidate.parent() {
-        File::open(dir)?.sync_all()?;
     }
     if candidate != target {
         info!(
@@ -233,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn landing_never_overwrites() {
+    fn placing_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path();
         let e = entry("f.txt", b"new");
@@ -241,13 +239,13 @@ mod tests {
         let part = part_path(&final_path(out, "f.txt"));
         fs::write(&part, b"new").unwrap();
         assert_eq!(
-            land(&part, &e, out).unwrap(),
+            place(&part, &e, out).unwrap(),
             Landed::New(out.join("f.txt"))
         );
         // Same content there: the part goes away, nothing changes.
         fs::write(&part, b"new").unwrap();
         assert_eq!(
-            land(&part, &e, out).unwrap(),
+            place(&part, &e, out).unwrap(),
             Landed::AlreadyThere(out.join("f.txt"))
         );
         assert!(!part.exists());
@@ -255,7 +253,7 @@ mod tests {
         let e2 = entry("f.txt", b"newer");
         fs::write(&part, b"newer").unwrap();
         assert_eq!(
-            land(&part, &e2, out).unwrap(),
+            place(&part, &e2, out).unwrap(),
             Landed::New(out.join("f (1).txt"))
         );
         assert_eq!(fs::read(out.join("f.txt")).unwrap(), b"new");

@@ -4,7 +4,7 @@
 //! log lines are printed around the bars instead of through them.
 
 use std::fs::OpenOptions;
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, LineWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -36,7 +36,7 @@ pub fn init(
         .open(file)
         .with_context(|| format!("cannot open log file {}", file.display()))?;
     let term: Box<dyn SharedLogger> = match terminal {
-        Some(writer) => WriteLogger::new(level, config(), writer),
+        Some(writer) => WriteLogger::new(level, config(), LineWriter::new(writer)),
         None => {
             // termcolor's Auto looks only at TERM, so ask whether stderr is a terminal.
             let colors = if std::io::stderr().is_terminal() {
@@ -49,7 +49,13 @@ pub fn init(
     };
     CombinedLogger::init(vec![
         term,
-        WriteLogger::new(level.max(LevelFilter::Info), config(), log_file),
+        // simplelog writes a record in several pieces: a LineWriter turns
+        // each record into one write (it matters with thousands of files).
+        WriteLogger::new(
+            level.max(LevelFilter::Info),
+            config(),
+            LineWriter::new(log_file),
+        ),
     ])
     .context("cannot start logging")?;
     Ok(())
