@@ -100,11 +100,6 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 
 impl Args {
     pub fn level(&self) -> LevelFilter {
-        match (self.quiet, self.verbose) {
-            (true, _) => LevelFilter::Warn,
-            (false, 0) => LevelFilter::Info,
-            (false, 1) => LevelFilter::Debug,
-            _ => LevelFilter::Trace,
-        }
+        fastdl_support::logging::level(self.quiet, self.verbose)
     }
 }

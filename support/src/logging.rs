@@ -23,6 +23,16 @@ fn config() -> Config {
         .build()
 }
 
+/// The terminal level for `-q` and `-v` counts: warn, info, debug, trace.
+pub fn level(quiet: bool, verbose: u8) -> LevelFilter {
+    match (quiet, verbose) {
+        (true, _) => LevelFilter::Warn,
+        (false, 0) => LevelFilter::Info,
+        (false, 1) => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
+}
+
 /// Starts logging at `level` to the terminal and, appending, to `file`
 /// (which always gets at least info). `terminal` replaces stderr when given.
 pub fn init(
