@@ -77,3 +77,62 @@ fn path_tricks_are_refused_without_a_byte_of_the_file() {
     w.write_all(b"GET 0 2 ok\n").unwrap();
     assert_eq!(line(&mut r), "DATA 2");
 }
+
+#[test]
+fn ctrl_c_ends_sessions_and_exits_0_within_2_s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let res = tmp.path().join("res");
+    write_file(&res.join("big.bin"), 32 << 20, 3);
+    let mut server = Server::start(&res, tmp.path(), &[]);
+    // A client in the middle of a large transfer that it does not read.
+    let (mut r, mut w) = connect(&server);
+    w.write_all(b"FASTDL 1\nGET 0 33554432 big.bin\n").unwrap();
+    assert_eq!(line(&mut r), "FASTDL 1");
+    assert_eq!(line(&mut r), "DATA 33554432");
+    let idle = TcpStream::connect(server.addr).unwrap();
+    let started = std::time::Instant::now();
+    server.signal(rustix::process::Signal::INT);
+    let status = server
+        .wait_exit(Duration::from_secs(2))
+        .expect("exited within 2 s");
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(idle);
+}
+
+#[test]
+fn several_ports_and_a_status_line_for_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let res = tmp.path().join("res");
+    std::fs::create_dir_all(&res).unwrap();
+    std::fs::write(res.join("x"), b"x").unwrap();
+    let server = Server::start(&res, tmp.path(), &["--port", "0", "--status-interval", "1"]);
+    let text = server.log_text();
+    let ports: Vec<u16> = text
+        .lines()
+        .filter_map(|l| l.split("listening on 127.0.0.1:").nth(1))
+        .map(|p| p.trim().parse().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 2, "{text}");
+    for port in &ports {
+        let stream = TcpStream::connect(("127.0.0.1", *port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut w = stream.try_clone().unwrap();
+        let mut r = BufReader::new(stream);
+        w.write_all(b"FASTDL 1\nGET 0 1 x\n").unwrap();
+        assert_eq!(line(&mut r), "FASTDL 1");
+        assert_eq!(line(&mut r), "DATA 1");
+    }
+    fastdl_testkit::wait_until(
+        fastdl_testkit::DEADLINE,
+        "a status line naming both ports",
+        || {
+            let log = server.log_text();
+            log.lines().any(|l| {
+                l.contains("status:") && ports.iter().all(|p| l.contains(&format!("port {p}: ")))
+            })
+        },
+    );
+}
