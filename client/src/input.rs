@@ -87,6 +87,11 @@ impl InputWatcher {
         let file_name = self.path.file_name().map(|n| n.to_os_string());
         let handler = move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
+            // Our own reads of the file show up as access events: waking on
+            // them would re-read the file forever.
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
             let ours = event.paths.is_empty()
                 || event
                     .paths

@@ -133,7 +133,11 @@ impl Stream<'_> {
             let mut header = [0u8; FrameHeader::LEN];
             reader.read_exact(&mut header)?;
             let frame = FrameHeader::decode(&header);
-            let (_, length) = piece_range(task.entry.size, frame.chunk);
+            let length = if frame.chunk < self.chunks {
+                piece_range(task.entry.size, frame.chunk).1
+            } else {
+                0
+            };
             if frame.chunk >= self.chunks
                 || frame.chunk % self.streams != self.index
                 || frame.length as u64 != length

@@ -80,7 +80,9 @@ pub fn piece_count(size: u64) -> u64 {
 
 /// Byte range `(offset, len)` of piece `index` in a file of `size` bytes.
 pub fn piece_range(size: u64, index: u64) -> (u64, u64) {
-    let offset = index * PIECE_SIZE;
+    // A piece index can come from a peer: saturate rather than overflow
+    // (an index past the end gets an empty range).
+    let offset = index.saturating_mul(PIECE_SIZE);
     (offset, PIECE_SIZE.min(size.saturating_sub(offset)))
 }
 

@@ -13,7 +13,7 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use fastdl_support::shutdown::Shutdown;
 use log::{debug, info, warn};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
+use crate::pacing::PacedReader;
 use crate::status::Stats;
 use crate::transfer::send_range;
 
@@ -32,6 +33,8 @@ use crate::transfer::send_range;
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a joining connection may take to send its `JOIN` line.
 const JOIN_LINE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most connections of one plan being checked at once.
+const MAX_ADMITTING: usize = 16;
 
 /// Settings for plans.
 #[derive(Debug, Clone)]
@@ -195,8 +198,16 @@ impl Plan {
     fn run(&self, listeners: Vec<TcpListener>) {
         let deadline = Instant::now() + JOIN_TIMEOUT;
         let mut open: Vec<Option<TcpListener>> = listeners.into_iter().map(Some).collect();
+        let joined: Vec<AtomicBool> = (0..open.len()).map(|_| AtomicBool::new(false)).collect();
+        let admitting = AtomicUsize::new(0);
         std::thread::scope(|scope| {
             while open.iter().any(Option::is_some) && !self.shutdown.is_requested() {
+                // A port closes as soon as its stream joined.
+                for (slot, done) in open.iter_mut().zip(&joined) {
+                    if done.load(Ordering::SeqCst) {
+                        *slot = None;
+                    }
+                }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     let missing: Vec<usize> =
@@ -207,7 +218,7 @@ impl Plan {
                     );
                     break;
                 }
-                let ready = wait_ready(&open, left.min(Duration::from_millis(200)));
+                let ready = wait_ready(&open, left.min(Duration::from_millis(50)));
                 for index in ready {
                     let Some(listener) = &open[index] else {
                         continue;
@@ -215,10 +226,24 @@ impl Plan {
                     let Ok((stream, addr)) = listener.accept() else {
                         continue;
                     };
-                    if self.admit(&stream, addr, index) {
-                        open[index] = None; // this port closes: one stream per port
-                        scope.spawn(move || self.send_stream(stream, index));
+                    // Each candidate is checked on its own thread, so one that
+                    // trickles its JOIN line cannot hold up the other ports.
+                    if admitting.load(Ordering::SeqCst) >= MAX_ADMITTING {
+                        warn!(
+                            "plan for {}: too many connections waiting to join; refused {addr}",
+                            self.name
+                        );
+                        continue;
                     }
+                    admitting.fetch_add(1, Ordering::SeqCst);
+                    let (joined, admitting) = (&joined, &admitting);
+                    scope.spawn(move || {
+                        let admitted = self.admit(&stream, addr, index, &joined[index]);
+                        admitting.fetch_sub(1, Ordering::SeqCst);
+                        if admitted {
+                            self.send_stream(stream, index);
+                        }
+                    });
                 }
             }
             open.clear();
@@ -227,7 +252,13 @@ impl Plan {
     }
 
     /// Checks a connection to stream `index`'s port: right address, right token.
-    fn admit(&self, stream: &TcpStream, addr: SocketAddr, index: usize) -> bool {
+    fn admit(
+        &self,
+        stream: &TcpStream,
+        addr: SocketAddr,
+        index: usize,
+        joined: &AtomicBool,
+    ) -> bool {
         if addr.ip() != self.peer_ip {
             warn!(
                 "plan for {}: refused a connection from {addr} (plan belongs to {})",
@@ -245,15 +276,21 @@ impl Plan {
         let Ok(read_half) = stream.try_clone() else {
             return false;
         };
-        let mut reader = BufReader::with_capacity(256, read_half);
-        let joined = match read_line(&mut reader, 256) {
+        // The whole JOIN line must arrive within JOIN_LINE_TIMEOUT.
+        let paced = PacedReader::new(read_half, JOIN_LINE_TIMEOUT, JOIN_LINE_TIMEOUT);
+        let mut reader = BufReader::with_capacity(256, paced);
+        let token_ok = match read_line(&mut reader, 256) {
             Ok(Some(line)) => {
                 matches!(Request::parse(&line), Ok(Request::Join { token }) if same_token(&token, &self.token))
             }
             _ => false,
         };
         let mut writer = stream;
-        if !joined {
+        if token_ok && joined.swap(true, Ordering::SeqCst) {
+            // Another connection won this stream a moment earlier.
+            return false;
+        }
+        if !token_ok {
             warn!(
                 "plan for {}: refused a connection from {addr} to stream {index}: bad token",
                 self.name

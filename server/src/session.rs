@@ -22,7 +22,7 @@ use crate::catalog::{Catalog, FileInfo};
 use crate::pacing::{Expired, PacedReader};
 use crate::plan::{PlanRequest, Plans};
 use crate::status::{PortStats, Stats};
-use crate::transfer::{open_listed, send_range, OpenError};
+use crate::transfer::{send_range, OpenError, OpenFile};
 use fastdl_support::human_bytes;
 use fastdl_support::shutdown::Shutdown;
 
@@ -65,6 +65,8 @@ struct Session<'a> {
     requests: u64,
     sent: u64,
     files: BTreeMap<String, u64>,
+    /// The last file served, kept open for the next ranged read of it.
+    held: Option<(String, OpenFile)>,
 }
 
 /// Serves one connection until the peer leaves, errs, or shutdown.
@@ -92,6 +94,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, port_index: usize, shared: &Sh
         requests: 0,
         sent: 0,
         files: BTreeMap::new(),
+        held: None,
     };
     let mut bad = 0u32;
     while !shared.shutdown.is_requested() {
@@ -252,39 +255,56 @@ impl Session<'_> {
         Ok(Next::Continue)
     }
 
-    /// Opens a listed file for sending, or says why not (as the reply to give).
-    fn open(&self, name: &str, info: &FileInfo) -> Result<std::fs::File, Reply> {
-        match open_listed(self.shared.catalog.root(), info) {
-            Ok(file) => Ok(file),
-            Err(OpenError::Changed(why)) => {
-                info!("{}: {name}: {why}", self.peer);
-                let _ = self.shared.rescan.try_send(());
-                Err(Reply::error(ErrorCode::Changed, format!("{name}: {why}")))
-            }
-            Err(OpenError::Outside) => {
-                warn!(
-                    "{}: {name}: no longer a regular file inside the folder; refused",
-                    self.peer
-                );
-                let _ = self.shared.rescan.try_send(());
-                Err(Reply::wrong_input(format!("not served: {name}")))
-            }
-            Err(OpenError::Io(e)) => {
-                warn!("{}: {name}: cannot open: {e}", self.peer);
-                Err(Reply::error(ErrorCode::Io, format!("{name}: cannot read")))
-            }
+    /// The open file for a listed name: the one this session already holds
+    /// if it is still exactly what was listed, else a freshly opened and
+    /// checked one. On refusal, the reply to give.
+    fn hold(&mut self, name: &str, info: &FileInfo) -> Result<(), Reply> {
+        let reusable =
+            matches!(&self.held, Some((held, file)) if held == name && file.still_listed(info));
+        if !reusable {
+            self.held = None;
+            let file = match OpenFile::open(self.shared.catalog.root(), info) {
+                Ok(file) => file,
+                Err(OpenError::Changed(why)) => {
+                    info!("{}: {name}: {why}", self.peer);
+                    let _ = self.shared.rescan.try_send(());
+                    return Err(Reply::error(ErrorCode::Changed, format!("{name}: {why}")));
+                }
+                Err(OpenError::Outside) => {
+                    warn!(
+                        "{}: {name}: no longer a regular file inside the folder; refused",
+                        self.peer
+                    );
+                    let _ = self.shared.rescan.try_send(());
+                    return Err(Reply::wrong_input(format!("not served: {name}")));
+                }
+                Err(OpenError::Io(e)) => {
+                    warn!("{}: {name}: cannot open: {e}", self.peer);
+                    return Err(Reply::error(ErrorCode::Io, format!("{name}: cannot read")));
+                }
+            };
+            self.held = Some((name.to_owned(), file));
         }
+        Ok(())
+    }
+
+    /// The file [`Self::hold`] holds.
+    fn held(&self) -> Option<&OpenFile> {
+        self.held.as_ref().map(|(_, file)| file)
     }
 
     /// Answers `PLAN <name>`: `ACCEPTED ...` with the ports already open, or an error.
-    fn plan(&self, name: &str) -> Reply {
+    fn plan(&mut self, name: &str) -> Reply {
         let snapshot = self.shared.catalog.snapshot();
         let Some(info) = snapshot.files.get(name) else {
             return Reply::wrong_input(format!("not listed: {name}"));
         };
-        let file = match self.open(name, info) {
-            Ok(file) => file,
-            Err(refusal) => return refusal,
+        if let Err(refusal) = self.hold(name, info) {
+            return refusal;
+        }
+        let file = match self.held().map(|f| f.file.try_clone()) {
+            Some(Ok(file)) => file,
+            _ => return Reply::error(ErrorCode::Io, format!("{name}: cannot read")),
         };
         self.shared.plans.offer(PlanRequest {
             name,
@@ -320,36 +340,21 @@ impl Session<'_> {
             self.reply(&Reply::error(ErrorCode::Limit, msg))?;
             return Ok(Next::Continue);
         }
-        let file = match open_listed(self.shared.catalog.root(), info) {
-            Ok(file) => file,
-            Err(OpenError::Changed(why)) => {
-                info!("{}: {name}: {why}", self.peer);
-                let _ = self.shared.rescan.try_send(());
-                self.reply(&Reply::error(ErrorCode::Changed, format!("{name}: {why}")))?;
-                return Ok(Next::Continue);
-            }
-            Err(OpenError::Outside) => {
-                warn!(
-                    "{}: {name}: no longer a regular file inside the folder; refused",
-                    self.peer
-                );
-                let _ = self.shared.rescan.try_send(());
-                self.reply(&Reply::wrong_input(format!("not served: {name}")))?;
-                return Ok(Next::Continue);
-            }
-            Err(OpenError::Io(e)) => {
-                warn!("{}: {name}: cannot open: {e}", self.peer);
-                self.reply(&Reply::error(ErrorCode::Io, format!("{name}: cannot read")))?;
-                return Ok(Next::Continue);
-            }
+        if let Err(refusal) = self.hold(&name, info) {
+            self.reply(&refusal)?;
+            return Ok(Next::Continue);
+        }
+        let Some(file) = self.held() else {
+            return Ok(Next::Close);
         };
+        file.will_need(offset, length);
         let header = format!("{}\n", Reply::Data { length });
         let stats = &self.shared.stats;
         stats.active_transfers.fetch_add(1, Ordering::Relaxed);
         let result = send_range(
             self.stream,
             header.as_bytes(),
-            &file,
+            &file.file,
             offset,
             length,
             &self.port.bytes_sent,

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -55,6 +55,55 @@ pub fn open_listed(root: &Path, info: &FileInfo) -> Result<File, OpenError> {
         )));
     }
     Ok(file)
+}
+
+/// A listed file held open across the requests of one session, so that
+/// each ranged read does not pay for an open (and the kernel's readahead
+/// state carries over from piece to piece).
+pub struct OpenFile {
+    pub file: File,
+    dev: u64,
+    ino: u64,
+}
+
+impl OpenFile {
+    /// Opens a listed file with every check of [`open_listed`], and tells
+    /// the kernel it will be read sequentially.
+    pub fn open(root: &Path, info: &FileInfo) -> Result<OpenFile, OpenError> {
+        let file = open_listed(root, info)?;
+        let meta = file.metadata().map_err(OpenError::Io)?;
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+        Ok(OpenFile {
+            file,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Whether the held file is still exactly what was listed: a regular
+    /// file of the listed size and mtime, still the one found at its path
+    /// (a rename over it, or a symlink swapped in, makes this false).
+    pub fn still_listed(&self, info: &FileInfo) -> bool {
+        let (Ok(held), Ok(at_path)) = (self.file.metadata(), std::fs::symlink_metadata(&info.path))
+        else {
+            return false;
+        };
+        held.len() == info.size
+            && held.modified().ok() == Some(info.mtime)
+            && at_path.is_file()
+            && at_path.dev() == self.dev
+            && at_path.ino() == self.ino
+    }
+
+    /// Asks the kernel to start reading a range now, ahead of `sendfile`.
+    pub fn will_need(&self, offset: u64, length: u64) {
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            offset,
+            std::num::NonZeroU64::new(length),
+            rustix::fs::Advice::WillNeed,
+        );
+    }
 }
 
 /// Sends `header` and then `length` bytes of `file` from `offset`. The

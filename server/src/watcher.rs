@@ -21,8 +21,11 @@ const SETTLE: Duration = Duration::from_millis(150);
 /// rescan carries on alone.
 pub fn watch(catalog: &Catalog, wake: Sender<()>) -> Option<notify::RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = wake.try_send(());
+        // Reads (ours when hashing and serving, or anyone's) change nothing.
+        if let Ok(event) = event {
+            if !matches!(event.kind, notify::EventKind::Access(_)) {
+                let _ = wake.try_send(());
+            }
         }
     };
     let mut watcher = match notify::recommended_watcher(handler) {
