@@ -138,3 +138,51 @@ fn ctrl_c_during_a_slow_download_stops_promptly_and_keeps_the_part_file() {
     assert_eq!(hash_file(&env.out_path("slow.bin")), digest);
     assert_eq!(tree(&env.out), ["slow.bin"]);
 }
+
+#[test]
+fn a_messy_input_file_truncated_deleted_and_recreated() {
+    let env = Env::new();
+    let one = write_file(&env.res.join("one.bin"), 10_000, 11);
+    let two = write_file(&env.res.join("two words.bin"), 20_000, 12);
+    let three = write_file(&env.res.join("three.bin"), 30_000, 13);
+    let four = write_file(&env.res.join("four.bin"), 40_000, 14);
+    let server = env.server(&[]);
+    // BOM, CRLF, comments, blank lines, trailing spaces, duplicates, binary
+    // garbage and 100,000 unknown names around the one real name.
+    let mut messy = b"\xef\xbb\xbf# comment\r\n\r\n   one.bin   \r\none.bin\n".to_vec();
+    messy.extend_from_slice(b"\x00\xff\xfe garbage \x01\x02\n");
+    for i in 0..100_000 {
+        messy.extend_from_slice(format!("no-such-file-{i}\n").as_bytes());
+    }
+    fs::write(env.input_path(), &messy).unwrap();
+    let mut watcher = Running::spawn(client(&server.url(), &env.work).args(["--poll", "1"]));
+    env.wait_for_download("one.bin", &one);
+    assert_eq!(
+        fs::read(env.input_path()).unwrap(),
+        messy,
+        "input.txt changed"
+    );
+
+    // Truncated and rewritten in place.
+    fs::write(env.input_path(), "two words.bin\n").unwrap();
+    env.wait_for_download("two words.bin", &two);
+    // Deleted, then created again.
+    fs::remove_file(env.input_path()).unwrap();
+    fs::write(env.input_path(), "three.bin\n").unwrap();
+    env.wait_for_download("three.bin", &three);
+    // Deleted and created again after a while.
+    fs::remove_file(env.input_path()).unwrap();
+    wait_until(
+        WATCH_DEADLINE,
+        "the missing input.txt to be reported",
+        || env.log().contains("does not exist (yet)"),
+    );
+    fs::write(env.input_path(), "four.bin\n").unwrap();
+    env.wait_for_download("four.bin", &four);
+    stop(&mut watcher, &env);
+    assert_eq!(fs::read(env.input_path()).unwrap(), b"four.bin\n");
+    assert_eq!(
+        visible_files(&env.out),
+        ["four.bin", "one.bin", "three.bin", "two words.bin"]
+    );
+}
