@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fastdl_protocol::line::expect_line;
 use fastdl_protocol::listing::read_pieces;
@@ -39,11 +39,16 @@ impl From<std::io::Error> for RequestError {
     }
 }
 
-/// A connected, greeted control connection.
+/// A connected control connection. The version handshake is pipelined:
+/// `FASTDL` goes out with the connect, and its answer is checked before
+/// the first reply is read, so a new connection costs one round trip
+/// (the TCP handshake) before its first request is on the wire.
 pub struct Connection {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     peer: SocketAddr,
+    greeted: bool,
+    rtt: Duration,
 }
 
 /// Resolves `server` (HOST:PORT) to its first address.
@@ -55,9 +60,12 @@ pub fn resolve(server: &str) -> std::io::Result<SocketAddr> {
 }
 
 impl Connection {
-    /// Connects and performs the version handshake.
+    /// Connects and sends the version handshake (its answer is checked with
+    /// the first reply).
     pub fn open(addr: SocketAddr) -> Result<Connection, RequestError> {
+        let started = Instant::now();
         let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+        let rtt = started.elapsed();
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         stream.set_write_timeout(Some(READ_TIMEOUT))?;
@@ -66,12 +74,16 @@ impl Connection {
             reader: BufReader::with_capacity(64 * 1024, stream),
             writer,
             peer: addr,
+            greeted: false,
+            rtt,
         };
         conn.send(&Request::Hello { version: VERSION })?;
-        match conn.reply()? {
-            Reply::Hello { version } if version == VERSION => Ok(conn),
-            other => Err(unexpected(other)),
-        }
+        Ok(conn)
+    }
+
+    /// The round-trip time seen when connecting (the TCP handshake).
+    pub fn rtt(&self) -> Duration {
+        self.rtt
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -93,6 +105,16 @@ impl Connection {
 
     /// Reads one reply line; error replies become errors.
     pub fn reply(&mut self) -> Result<Reply, RequestError> {
+        if !self.greeted {
+            match self.read_reply()? {
+                Reply::Hello { version } if version == VERSION => self.greeted = true,
+                other => return Err(unexpected(other)),
+            }
+        }
+        self.read_reply()
+    }
+
+    fn read_reply(&mut self) -> Result<Reply, RequestError> {
         let line = expect_line(&mut self.reader, MAX_REPLY_LINE)?;
         match Reply::parse(&line)? {
             Reply::WrongInput { reason } => Err(RequestError::WrongInput(reason)),

@@ -16,6 +16,7 @@ use log::{debug, info, warn};
 use crate::connection::RequestError;
 use crate::fetcher::{self, FileTask};
 use crate::journal::{self, Journal};
+use crate::piece_writer::{PieceBuf, PieceWriter};
 use crate::pieces::{PieceQueue, Stop};
 use crate::plan;
 use crate::pool::Pool;
@@ -114,11 +115,11 @@ impl Downloader {
                 ))
             }
         };
+        let count = piece_count(entry.size);
         let (expected, servers) = match self.piece_digests(entry, &job.servers) {
             Ok(found) => found,
             Err(outcome) => return outcome,
         };
-        let count = piece_count(entry.size);
         let have = if resume {
             let have = verify_part(&part, entry, &expected);
             let kept = have.iter().filter(|h| h.is_some()).count();
@@ -136,9 +137,10 @@ impl Downloader {
             .sum();
         let queue = PieceQueue::new(count, have);
         let progress = self.progress.start_file(&entry.name, entry.size, already);
+        let writer = PieceWriter::new(&part, entry.size);
         let task = FileTask {
             entry,
-            part: &part,
+            writer: &writer,
             queue: &queue,
             expected: &expected,
             progress: &progress,
@@ -340,13 +342,25 @@ impl Downloader {
         let mut last_error = None;
         for &s in servers {
             let pool = &self.pools[s];
-            let fetched = pool.get().and_then(|mut conn| {
-                let _registered = self.shutdown.register(conn.stream());
-                let pieces = conn.pieces(&entry.name, entry.size);
-                if pieces.is_ok() {
-                    pool.put(conn);
-                }
-                pieces
+            let fetched = std::thread::scope(|scope| {
+                pool.get().and_then(|mut conn| {
+                    // While the digests are on their way, open the other
+                    // connections the workers will need: one round trip
+                    // for all of them, not a handshake each afterwards.
+                    if !self.plan {
+                        let others = self
+                            .connections
+                            .min(piece_count(entry.size) as usize)
+                            .saturating_sub(1);
+                        scope.spawn(move || pool.warm(others));
+                    }
+                    let _registered = self.shutdown.register(conn.stream());
+                    let pieces = conn.pieces(&entry.name, entry.size);
+                    if pieces.is_ok() {
+                        pool.put(conn);
+                    }
+                    pieces
+                })
             });
             match fetched {
                 Ok(pieces) => match PieceTree::from_pieces(entry.size, pieces) {
@@ -410,7 +424,7 @@ impl Downloader {
     /// and work until no piece is left. Returns the last error if it gave up.
     fn worker(&self, task: &FileTask<'_>, pool: &Pool, share: &AtomicU64) -> Result<(), String> {
         let mut failures = 0u32;
-        let mut buf = Vec::new();
+        let mut buf = PieceBuf::default();
         loop {
             if self.shutdown.is_requested() {
                 task.queue.stop(Stop::Cancelled);

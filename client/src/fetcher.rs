@@ -1,32 +1,46 @@
 //! One connection's share of a download: take pieces from the shared
-//! queue, ask for them with ranged reads (two requests in flight, so the
-//! connection never idles for a round trip), hash each piece while its
-//! bytes arrive, verify it, and write it at its offset in the part file.
+//! queue, ask for them with ranged reads (at least two in flight, so the
+//! connection never idles for a round trip, and more on a long path, to
+//! cover its bandwidth-delay product), hash each piece while its bytes
+//! arrive, verify it, and write it at its offset in the part file.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use fastdl_protocol::digest::{piece_range, PieceHasher};
 use fastdl_protocol::{Digest, Entry, Request, PIECE_SIZE};
 use log::warn;
 
 use crate::connection::{Connection, RequestError};
+use crate::piece_writer::{PieceBuf, PieceWriter};
 use crate::pieces::{PieceQueue, Stop};
 use crate::progress::FileProgress;
 use crate::ratelimit::RateLimit;
 
-/// Ranged reads kept in flight per connection.
-const PIPELINE_DEPTH: usize = 2;
+/// Ranged reads kept in flight per connection on a short path: one being
+/// received while the next is already on its way.
+const MIN_DEPTH: usize = 2;
+/// The most ranged reads in flight on one connection.
+const MAX_DEPTH: usize = 12;
+/// The rate one connection should be able to reach without waiting for a
+/// request: on a long path, enough pieces are asked for ahead to cover
+/// this rate times the round trip (the bandwidth-delay product).
+const TARGET_RATE: f64 = 100e6;
+
+/// How many ranged reads to keep in flight on a path with round trip `rtt`.
+fn pipeline_depth(rtt: Duration) -> usize {
+    let ahead = (rtt.as_secs_f64() * TARGET_RATE / PIECE_SIZE as f64).ceil() as usize;
+    (MIN_DEPTH + ahead).min(MAX_DEPTH)
+}
 /// Bytes read from the socket at a time (hashing and progress follow).
 const SLICE: usize = 256 * 1024;
 
 /// What every connection of one download shares.
 pub struct FileTask<'a> {
     pub entry: &'a Entry,
-    pub part: &'a File,
+    pub writer: &'a PieceWriter<'a>,
     pub queue: &'a PieceQueue,
     /// Per-piece digests from the server; for a one-piece file, the file
     /// digest itself is the piece digest.
@@ -50,11 +64,12 @@ impl FileTask<'_> {
 pub fn run(
     conn: &mut Connection,
     task: &FileTask<'_>,
-    buf: &mut Vec<u8>,
+    buf: &mut PieceBuf,
     received: &AtomicU64,
 ) -> Result<(), RequestError> {
-    let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(PIPELINE_DEPTH);
-    let result = pump(conn, task, buf, &mut in_flight, received);
+    let depth = pipeline_depth(conn.rtt());
+    let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(depth);
+    let result = pump(conn, task, buf, depth, &mut in_flight, received);
     if result.is_err() {
         task.queue.give_back(in_flight.drain(..).rev());
     }
@@ -64,13 +79,14 @@ pub fn run(
 fn pump(
     conn: &mut Connection,
     task: &FileTask<'_>,
-    buf: &mut Vec<u8>,
+    buf: &mut PieceBuf,
+    depth: usize,
     in_flight: &mut VecDeque<u64>,
     received: &AtomicU64,
 ) -> Result<(), RequestError> {
     let size = task.entry.size;
     loop {
-        while in_flight.len() < PIPELINE_DEPTH {
+        while in_flight.len() < depth {
             let next = if in_flight.is_empty() {
                 task.queue.take()
             } else {
@@ -108,7 +124,7 @@ fn receive(
     conn: &mut Connection,
     task: &FileTask<'_>,
     piece: u64,
-    buf: &mut Vec<u8>,
+    buf: &mut PieceBuf,
 ) -> Result<(), RequestError> {
     let (_, length) = piece_range(task.entry.size, piece);
     conn.data_header(length)?;
@@ -126,12 +142,12 @@ pub fn land_piece(
     reader: &mut impl Read,
     task: &FileTask<'_>,
     piece: u64,
-    buf: &mut Vec<u8>,
+    buf: &mut PieceBuf,
     source: &dyn std::fmt::Display,
 ) -> std::io::Result<()> {
     let (offset, length) = piece_range(task.entry.size, piece);
     let length = length as usize;
-    ensure_len(buf, length);
+    let buf = buf.get(length);
     let mut hasher = PieceHasher::new(task.entry.size, piece);
     let mut got = 0usize;
     while got < length {
@@ -162,7 +178,7 @@ pub fn land_piece(
         }
         return Ok(());
     }
-    if let Err(e) = task.part.write_all_at(&buf[..length], offset) {
+    if let Err(e) = task.writer.write_at(buf, offset) {
         task.queue.give_back([piece]);
         task.queue.stop(Stop::Local(e.to_string()));
         return Ok(());
@@ -176,11 +192,11 @@ fn receive_discard(
     conn: &mut Connection,
     task: &FileTask<'_>,
     piece: u64,
-    buf: &mut Vec<u8>,
+    buf: &mut PieceBuf,
 ) -> Result<(), RequestError> {
     let (_, length) = piece_range(task.entry.size, piece);
     conn.data_header(length)?;
-    ensure_len(buf, SLICE);
+    let buf = buf.get(SLICE);
     let mut left = length as usize;
     while left > 0 {
         let n = left.min(SLICE);
@@ -190,8 +206,16 @@ fn receive_discard(
     Ok(())
 }
 
-pub fn ensure_len(buf: &mut Vec<u8>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len.max(PIECE_SIZE as usize), 0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_depth_grows_with_the_round_trip() {
+        assert_eq!(pipeline_depth(Duration::ZERO), MIN_DEPTH);
+        assert_eq!(pipeline_depth(Duration::from_micros(50)), MIN_DEPTH + 1);
+        // 50 ms at 100 MB/s is 5 MB in flight: 5 pieces ahead.
+        assert_eq!(pipeline_depth(Duration::from_millis(50)), MIN_DEPTH + 5);
+        assert_eq!(pipeline_depth(Duration::from_secs(2)), MAX_DEPTH);
     }
 }

@@ -12,6 +12,7 @@ mod input;
 mod journal;
 mod lander;
 mod mirrors;
+mod piece_writer;
 mod pieces;
 mod plan;
 mod pool;

@@ -20,6 +20,7 @@ use log::{info, warn};
 
 use crate::connection::{RequestError, READ_TIMEOUT};
 use crate::fetcher::{land_piece, FileTask};
+use crate::piece_writer::PieceBuf;
 use crate::pool::Pool;
 
 /// Runs a plan for `task`'s file. Returns once every stream ended; pieces
@@ -128,7 +129,7 @@ impl Stream<'_> {
                 )))
             }
         }
-        let mut buf = Vec::new();
+        let mut buf = PieceBuf::default();
         for _ in 0..expected {
             let mut header = [0u8; FrameHeader::LEN];
             reader.read_exact(&mut header)?;

@@ -35,6 +35,25 @@ impl Pool {
         }
     }
 
+    /// Opens new connections, all at once, until `want` are idle. Used
+    /// while a download asks for its piece digests on a connection it
+    /// holds, so that its workers find their connections ready instead of
+    /// each paying a handshake afterwards. Failures are left to the workers, which connect (and
+    /// report) themselves.
+    pub fn warm(&self, want: usize) {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let missing = want.min(self.max_idle).saturating_sub(idle);
+        std::thread::scope(|scope| {
+            for _ in 0..missing {
+                scope.spawn(|| {
+                    if let Ok(conn) = Connection::open(self.addr) {
+                        self.put(conn);
+                    }
+                });
+            }
+        });
+    }
+
     /// Returns a healthy connection for reuse.
     pub fn put(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());

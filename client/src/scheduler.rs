@@ -139,7 +139,7 @@ impl Scheduler {
     }
 
     /// Runs until shutdown, or in `--once` mode until every name is settled.
-    pub fn run(mut self, names: Receiver<Vec<String>>) -> Summary {
+    pub fn run(mut self, mut names: Receiver<Vec<String>>) -> Summary {
         let tick = Duration::from_millis(100);
         let mut input_open = true;
         loop {
@@ -150,7 +150,12 @@ impl Scheduler {
             select! {
                 recv(names) -> batch => match batch {
                     Ok(batch) => self.add_names(batch),
-                    Err(_) => input_open = false,
+                    Err(_) => {
+                        // A closed channel is always ready: stop selecting on
+                        // it, or this loop spins for the rest of the run.
+                        input_open = false;
+                        names = crossbeam_channel::never();
+                    }
                 },
                 recv(self.results) -> result => {
                     if let Ok((job, outcome)) = result {

@@ -9,7 +9,9 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{assert_exit, stderr, stdout, tree, Env};
-use fastdl_testkit::{client, hash_file, run_with_deadline, visible_files, write_file, DEADLINE};
+use fastdl_testkit::{
+    client, hash_file, run_with_deadline, visible_files, wait_until, write_file, DEADLINE,
+};
 
 #[test]
 fn odd_sizes_and_names_arrive_intact() {
@@ -262,6 +264,53 @@ fn limit_rate_holds_for_the_whole_client() {
     assert!(
         took >= Duration::from_secs(2),
         "3 MiB at --limit-rate 1M took only {took:?}"
+    );
+}
+
+/// CPU seconds (user + system, all threads) a child used, read from
+/// /proc while it is a zombie, just before it is reaped.
+fn cpu_seconds_at_exit(child: &mut std::process::Child) -> f64 {
+    let stat_path = format!("/proc/{}/stat", child.id());
+    let mut ticks = 0u64;
+    wait_until(DEADLINE, "the client to exit", || {
+        let Ok(stat) = fs::read_to_string(&stat_path) else {
+            return false;
+        };
+        // Fields after the ")" that closes the command name: state is the
+        // 1st, utime the 12th, stime the 13th.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        fields[0] == "Z"
+    });
+    child.wait().unwrap();
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / per_second
+}
+
+#[test]
+fn a_client_waiting_on_the_network_stays_idle() {
+    // A --once client whose input is read and whose download is slow must
+    // sleep while it waits: a scheduler loop spinning on the closed input
+    // channel once burned a whole core for the length of every download.
+    let env = Env::new();
+    let digest = write_file(&env.res.join("slow.bin"), 3 << 19, 11);
+    let server = env.server(&[]);
+    env.write_input(&["slow.bin"]);
+    let start = Instant::now();
+    let mut child = client(&server.url(), &env.work)
+        .args(["--once", "--limit-rate", "1M"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cpu = cpu_seconds_at_exit(&mut child);
+    let took = start.elapsed();
+    assert_eq!(hash_file(&env.out_path("slow.bin")), digest);
+    assert!(took >= Duration::from_secs(1), "took only {took:?}");
+    assert!(
+        cpu < 0.5,
+        "the client used {cpu:.2} s of CPU in {took:?} while mostly waiting"
     );
 }
 

@@ -27,7 +27,7 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 use crate::pacing::PacedReader;
 use crate::status::Stats;
-use crate::transfer::send_range;
+use crate::transfer::{self, send_range};
 
 /// How long a plan's ports wait for their streams to join.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -310,7 +310,7 @@ impl Plan {
     /// Sends chunks index, index + N, index + 2N, ... on one stream.
     fn send_stream(&self, stream: TcpStream, index: usize) {
         let _registered = self.shutdown.register(&stream);
-        let _ = stream.set_nodelay(true);
+        transfer::tune_for_bulk(&stream);
         let stats = &self.stats;
         stats.active_transfers.fetch_add(1, Ordering::Relaxed);
         let mut chunk = index as u64;

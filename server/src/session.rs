@@ -22,7 +22,7 @@ use crate::catalog::{Catalog, FileInfo};
 use crate::pacing::{Expired, PacedReader};
 use crate::plan::{PlanRequest, Plans};
 use crate::status::{PortStats, Stats};
-use crate::transfer::{send_range, OpenError, OpenFile};
+use crate::transfer::{self, send_range, OpenError, OpenFile};
 use fastdl_support::human_bytes;
 use fastdl_support::shutdown::Shutdown;
 
@@ -74,7 +74,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, port_index: usize, shared: &Sh
     let port = &shared.stats.ports[port_index];
     let started = Instant::now();
     let _ = stream.set_write_timeout(Some(shared.config.write_timeout));
-    let _ = stream.set_nodelay(true);
+    transfer::tune_for_bulk(&stream);
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
