@@ -153,6 +153,48 @@ def warm(paths):
                 pass
 
 
+REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
+SETTLE_LIMIT = 20.0
+
+
+def settle_memory():
+    """Waits until the guest has stopped handing freed memory back to the
+    VM host (free page reporting: the counter in REPORTED stops moving for
+    a second), so every command starts from the same memory state whatever
+    ran before it and however long ago. Without this, a command that starts
+    right after a big output was deleted reuses still-backed pages, and one
+    that starts later faults them back in from the host (measured: 0.55 s
+    against 4.0 s for the same 1 GiB written with dd). Returns the seconds
+    waited, or None where the kernel has no such counter."""
+    try:
+        with open(REPORTED) as f:
+            last = f.read()
+    except OSError:
+        return None
+    t0 = time.monotonic()
+    quiet_since = t0
+    while time.monotonic() - t0 < SETTLE_LIMIT:
+        time.sleep(0.25)
+        with open(REPORTED) as f:
+            now = f.read()
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= 1.0:
+            break
+    return time.monotonic() - t0
+
+
+def prepare(sources):
+    """The preparation before every timed command: flush dirty data, let
+    the memory state settle, then read the source files into the page
+    cache, last, because this VM also pages out cache that went unread for
+    a few seconds (DAMON): during the settling wait the sources lose pages,
+    and a server that reads them from disk is a different benchmark."""
+    do_sync()
+    settle_memory()
+    warm(sources)
+
+
 # --------------------------------------------------------------------------
 # process bookkeeping: every child runs in its own process group, so a
 # timeout or Ctrl-C can stop it (and /usr/bin/time's child) without touching
@@ -521,25 +563,34 @@ def record_errors(case, tool, results):
 # the interleaved runner
 
 
-def run_interleaved(case, tools, runs, outdir, logdir, prep=None):
+def run_interleaved(case, tools, runs, outdir, logdir, sources, prep=None, keep_outputs=False):
     """tools: list of (label, make_cmd(out) -> dict(cmd=..., sync_files=..., ...)).
     Runs A,B,C,B,C,A,C,A,B,... (rotated each round) with a fresh output
-    folder and `sync` before each."""
+    folder and `prepare(sources)` (sync, sources cached, memory settled)
+    before each.
+
+    keep_outputs: delete the outputs only after the last run, not after
+    each. For many small files: the disk here is ext4 without a journal,
+    which will not reuse an inode within about 30 s of its deletion and
+    scans past every such inode to create a file, so a run that follows
+    the deletion of 1000 files creates its own files ever more slowly
+    (measured by hand: 0.43, 0.61, 0.78, 0.99, 1.03 s for the same 1000
+    files, run after run, and in perf: recently_deleted, find_inode_bit)."""
     res = {label: [] for label, _ in tools}
     for r in range(1, runs + 1):
-        # Rotate the order every round. On this VM the first big writer of a
-        # round pays for memory the host took back after the previous round's
-        # output was deleted (free page reporting): measured 3.5 s instead of
-        # 1 s for the same 1 GiB, whichever tool stands first. Rotating gives
-        # that slot to each tool at most once in `runs` rounds, so the median
-        # does not carry it.
+        # Rotate the order every round, so that whatever one tool leaves
+        # behind (page cache, memory, warm connections) is not always met by
+        # the same next tool. The memory state itself is reset by
+        # settle_memory() in prepare().
         shift = (r - 1) % len(tools)
         for label, make in tools[shift:] + tools[:shift]:
             out = os.path.join(outdir, re.sub(r"[^A-Za-z0-9]+", "_", label))
+            if keep_outputs:
+                out += f"-r{r}"
             fresh_dir(out)
             if prep:
                 prep(out)
-            do_sync()
+            prepare(sources)
             spec = make(out)
             logbase = os.path.join(logdir, f"{case}-{re.sub(r'[^A-Za-z0-9]+', '_', label)}-r{r}")
             res_ = timed(spec["cmd"], logbase=logbase, timeout=spec.get("timeout", 300),
@@ -550,7 +601,10 @@ def run_interleaved(case, tools, runs, outdir, logdir, prep=None):
             status = f"{res_.secs:.3f} s" if res_.ok else "FAILED"
             log(f"  {case} run {r}/{runs} {label}: {status}"
                 + (f", peak RSS {rss_str(res_.rss_kb)}" if res_.rss_kb else ""))
-            rm(out)
+            if not keep_outputs:
+                rm(out)
+    if keep_outputs:
+        rm(outdir)
     for label, _ in tools:
         record_raw(case, label, res[label])
         record_errors(case, label, res[label])
@@ -608,7 +662,8 @@ def case_big(cfg, have):
     if have["nginx"]:
         ng = Nginx(case, data, wd)
         CLEANUP.append(ng.stop)
-    warm([os.path.join(data, "big.bin")])
+    sources = [os.path.join(data, "big.bin")]
+    warm(sources)
     url = f"{ng.url}/big.bin" if ng else None
     seq = [0]
 
@@ -640,7 +695,7 @@ def case_big(cfg, have):
             "check": size_check(os.path.join(out, "big.bin"), size)}))
     log(f"case 1: one {label_size} file over 127.0.0.1, {cfg.runs} run(s), tools: "
         + ", ".join(t for t, _ in tools))
-    res = run_interleaved(case, tools, cfg.runs, os.path.join(wd, "out"), wd)
+    res = run_interleaved(case, tools, cfg.runs, os.path.join(wd, "out"), wd, sources)
     srv.stop()
     if ng:
         ng.stop()
@@ -682,7 +737,8 @@ def case_small(cfg, have):
     if have["nginx"]:
         ng = Nginx(case, data, wd)
         CLEANUP.append(ng.stop)
-    warm([os.path.join(data, x) for x in names])
+    sources = [os.path.join(data, x) for x in names]
+    warm(sources)
     urls = os.path.join(wd, "urls.txt")
     if ng:
         with open(urls, "w") as f:
@@ -716,7 +772,7 @@ def case_small(cfg, have):
             "cmd": ["curl", "-s", "-S", "-f", "-Z", "--parallel-max", "16", "-K", curl_cfg(out)],
             "timeout": cfg.timeout_small, "sync_fs": out, "check": count_check(out, names, fsize)}))
     log(f"case 2: {n} files of 100 KiB, {cfg.runs} run(s), tools: " + ", ".join(t for t, _ in tools))
-    res = run_interleaved(case, tools, cfg.runs, os.path.join(wd, "out"), wd)
+    res = run_interleaved(case, tools, cfg.runs, os.path.join(wd, "out"), wd, sources, keep_outputs=True)
     srv.stop()
     if ng:
         ng.stop()
@@ -794,7 +850,8 @@ def case_wan(cfg, have):
         srv = FastdlServer(case, data, wd, bind="10.200.0.1", netns="dl-srv")
         if have["nginx"]:
             ng = Nginx(case, data, wd, bind="10.200.0.1", port=8080, netns="dl-srv")
-        warm([os.path.join(data, "wan.bin")])
+        sources = [os.path.join(data, "wan.bin")]
+        warm(sources)
         if ng and have["curl"]:
             # TCP connect time (SYN -> SYN-ACK) = one round trip of the emulated path
             rtts = []
@@ -829,7 +886,7 @@ def case_wan(cfg, have):
                 "check": size_check(os.path.join(out, "wan.bin"), size)}))
         log(f"case 3: WAN ({backend}) {cfg.wan_mib} MiB, {cfg.runs} run(s), tools: "
             + ", ".join(t for t, _ in tools))
-        res = run_interleaved(case, tools, cfg.runs, os.path.join(wd, "out"), wd)
+        res = run_interleaved(case, tools, cfg.runs, os.path.join(wd, "out"), wd, sources)
     finally:
         if srv:
             srv.stop()
@@ -981,7 +1038,7 @@ def case_many(cfg, have):
             fresh_dir(base)
             for o in outs:
                 os.makedirs(o)
-            do_sync()
+            prepare([os.path.join(data, "many.bin")])
             results = [None] * nc
             barrier = threading.Barrier(nc)
 
@@ -1233,7 +1290,13 @@ def main():
         "Cells: median (min–max) over the runs, then the median time. MB/s = 10^6 bytes/s. "
         "Ratio = anchor median time / fastdl median time (= fastdl rate / anchor rate); > 1 means fastdl is faster.",
         "Every command ran with a fresh output folder and a `sync` before it; tools were interleaved "
-        "(A,B,C then B,C,A ...: the order rotates each round, because the first big writer of a round pays for memory the VM host reclaimed); source files were hot in the page cache; output and source on the same ext4 disk.",
+        "(A,B,C then B,C,A ...: the order rotates each round); source files were read into the page cache just before (this VM pages out cache left unread for a few seconds); output and source on the same ext4 disk. "
+        "Before every command the harness also waited until the guest had stopped handing freed memory back to the VM host "
+        f"(`{REPORTED}` unchanged for 1 s), so every command met the same memory state: this VM's idle state, in which memory "
+        "a program newly fills (page cache of a file it writes) is faulted in from the host, about 3.5 s per GiB here. "
+        "fastdl writes whole pieces of large files with O_DIRECT and so does not fill the page cache; the anchors write through it. "
+        "In case 2 the outputs were deleted only after the last run: this disk is ext4 without a journal, which will not reuse an inode "
+        "for about 30 s after its deletion and scans past all such inodes to create a file, so each run after a deletion of 1000 files was slower than the last, whichever tool.",
         "fastdl fsyncs each file before renaming it into place, so each anchor's time includes a sync of "
         "its output: `sync FILE` (fsync) for single files, `sync -f OUT` (syncfs) after the 100 KiB files.",
         "Anchors fetch from nginx (sendfile on, worker_processes auto) serving the same folder; peak RSS "
