@@ -4,7 +4,7 @@
 //! Everything read from the server is bounded: reply lines by
 //! `MAX_REPLY_LINE`, data by the length the client itself asked for.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -171,13 +171,6 @@ impl Connection {
     /// The reader positioned at the data bytes.
     pub fn data(&mut self) -> &mut impl Read {
         &mut self.reader
-    }
-
-    /// Says goodbye politely (best effort).
-    pub fn quit(mut self) {
-        if self.send(&Request::Quit).is_ok() {
-            let _ = self.reader.fill_buf();
-        }
     }
 }
 

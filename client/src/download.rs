@@ -14,6 +14,7 @@ use fastdl_support::shutdown::Shutdown;
 use log::{debug, info, warn};
 
 use crate::connection::RequestError;
+use crate::expected::{Expected, FailUnlessArrived};
 use crate::fetcher::{self, FileTask};
 use crate::journal::{self, Journal};
 use crate::piece_writer::{PieceBuf, PieceWriter};
@@ -116,12 +117,23 @@ impl Downloader {
             }
         };
         let count = piece_count(entry.size);
-        let (expected, servers) = match self.piece_digests(entry, &job.servers) {
-            Ok(found) => found,
-            Err(outcome) => return outcome,
+        // A fresh download from one server does not wait for the per-piece
+        // digests: its workers ask for pieces while the digests are on
+        // their way, and each piece waits for its digest before it is
+        // judged. That saves a round trip before the data flows. Resuming
+        // needs the digests first, mirrors need them to pick servers, and
+        // a plan is received before the workers start.
+        let overlap = !resume && !self.plan && count > 1 && job.servers.len() == 1;
+        let (expected, servers) = if overlap {
+            (Expected::pending(entry.digest), job.servers.clone())
+        } else {
+            match self.piece_digests(entry, &job.servers, true) {
+                Ok((digests, servers)) => (Expected::known(digests, entry.digest), servers),
+                Err(outcome) => return outcome,
+            }
         };
         let have = if resume {
-            let have = verify_part(&part, entry, &expected);
+            let have = verify_part(&part, entry, expected.all().unwrap_or_default());
             let kept = have.iter().filter(|h| h.is_some()).count();
             info!(
                 "{}: resuming; {kept} of {count} pieces already verified",
@@ -197,30 +209,43 @@ impl Downloader {
             }
             queue.wake_all();
         };
-        std::thread::scope(|scope| {
+        let early = std::thread::scope(|scope| {
             // A one-piece file has nothing to resume from: no journal.
             let (stop_journal, journal_stop) = crossbeam_channel::bounded::<()>(0);
             if count > 1 {
                 scope.spawn(|| keep_journal(entry, &queue, &journal_path, journal_stop));
             }
-            match pools[..] {
+            let early = match pools[..] {
                 // A lone connection works on this thread: no spawn per small file.
-                [(pool, share)] => run_worker(pool, share),
+                [(pool, share)] if !overlap => {
+                    run_worker(pool, share);
+                    None
+                }
                 _ => {
                     let handles: Vec<_> = pools
                         .iter()
                         .map(|&(pool, share)| scope.spawn(move || run_worker(pool, share)))
                         .collect();
+                    let early = if overlap {
+                        self.digests_meanwhile(entry, &servers, &expected, &queue)
+                    } else {
+                        None
+                    };
                     for handle in handles {
                         let _ = handle.join();
                     }
+                    early
                 }
-            }
+            };
             drop(stop_journal);
+            early
         });
         let fetched = progress.fetched();
         let rate = progress.rate();
         drop(progress);
+        if let Some(outcome) = early {
+            return outcome;
+        }
         if self.shutdown.is_requested() {
             return Outcome::Cancelled;
         }
@@ -312,6 +337,30 @@ impl Downloader {
         }
     }
 
+    /// Fetches the per-piece digests while the workers already fetch
+    /// pieces. If they cannot be had, the download is stopped and the
+    /// outcome says why.
+    fn digests_meanwhile(
+        &self,
+        entry: &Entry,
+        servers: &[usize],
+        expected: &Expected,
+        queue: &PieceQueue,
+    ) -> Option<Outcome> {
+        let _settled = FailUnlessArrived(expected);
+        match self.piece_digests(entry, servers, false) {
+            Ok((digests, _)) => {
+                expected.arrive(digests);
+                None
+            }
+            Err(outcome) => {
+                queue.stop(Stop::Cancelled);
+                queue.wake_all();
+                Some(outcome)
+            }
+        }
+    }
+
     /// "server A" or "servers A, B".
     fn describe(&self, servers: &[usize]) -> String {
         let addrs: Vec<String> = servers
@@ -333,6 +382,7 @@ impl Downloader {
         &self,
         entry: &Entry,
         servers: &[usize],
+        warm: bool,
     ) -> Result<(Vec<Digest>, Vec<usize>), Outcome> {
         if piece_count(entry.size) <= 1 {
             return Ok((Vec::new(), servers.to_vec()));
@@ -347,7 +397,7 @@ impl Downloader {
                     // While the digests are on their way, open the other
                     // connections the workers will need: one round trip
                     // for all of them, not a handshake each afterwards.
-                    if !self.plan {
+                    if warm && !self.plan {
                         let others = self
                             .connections
                             .min(piece_count(entry.size) as usize)

@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fastdl_protocol::digest::{piece_range, PieceHasher};
-use fastdl_protocol::{Digest, Entry, Request, PIECE_SIZE};
+use fastdl_protocol::{Entry, Request, PIECE_SIZE};
 use log::warn;
 
 use crate::connection::{Connection, RequestError};
+use crate::expected::Expected;
 use crate::piece_writer::{PieceBuf, PieceWriter};
 use crate::pieces::{PieceQueue, Stop};
 use crate::progress::FileProgress;
@@ -42,20 +43,11 @@ pub struct FileTask<'a> {
     pub entry: &'a Entry,
     pub writer: &'a PieceWriter<'a>,
     pub queue: &'a PieceQueue,
-    /// Per-piece digests from the server; for a one-piece file, the file
-    /// digest itself is the piece digest.
-    pub expected: &'a [Digest],
+    /// Per-piece digests from the server (possibly still on their way);
+    /// for a one-piece file, the file digest itself is the piece digest.
+    pub expected: &'a Expected,
     pub progress: &'a FileProgress<'a>,
     pub limit: Option<&'a RateLimit>,
-}
-
-impl FileTask<'_> {
-    fn expected(&self, piece: u64) -> Digest {
-        match self.expected.get(piece as usize) {
-            Some(d) => *d,
-            None => self.entry.digest,
-        }
-    }
 }
 
 /// Works on `task` over `conn` until no pieces are left for it. On error
@@ -163,7 +155,13 @@ pub fn land_piece(
         task.progress.add(want as u64);
     }
     let digest = hasher.finalize();
-    if digest != task.expected(piece) {
+    let Some(want) = task.expected.piece(piece) else {
+        // The digests will not come, and the download has been stopped.
+        task.progress.take_back(length as u64);
+        task.queue.give_back([piece]);
+        return Ok(());
+    };
+    if digest != want {
         task.progress.take_back(length as u64);
         warn!(
             "{}: piece {piece} (bytes {offset}..{}) from {source} failed verification; fetching it again",

@@ -7,6 +7,7 @@
 mod cli;
 mod connection;
 mod download;
+mod expected;
 mod fetcher;
 mod input;
 mod journal;
@@ -90,7 +91,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let downloader = Arc::new(Downloader {
         pools: addrs
             .iter()
-            .map(|&addr| Pool::new(addr, connections * jobs))
+            .map(|&addr| Pool::new(addr, connections * jobs + 1))
             .collect(),
         out: args.out.clone(),
         connections,
@@ -99,6 +100,14 @@ fn run(args: Args) -> Result<ExitCode> {
         progress,
         shutdown: Arc::clone(&shutdown),
     });
+    if args.once {
+        // There will be downloads: open their connections while the lists
+        // are fetched, instead of one handshake per worker afterwards.
+        for index in 0..downloader.pools.len() {
+            let downloader = Arc::clone(&downloader);
+            std::thread::spawn(move || downloader.pools[index].warm(connections));
+        }
+    }
     let Some(lists) = first_lists(&downloader, &args, &shutdown)? else {
         return Ok(interrupted(args.once));
     };

@@ -54,14 +54,14 @@ impl Pool {
         });
     }
 
-    /// Returns a healthy connection for reuse.
+    /// Returns a healthy connection for reuse. One more than the pool keeps
+    /// is simply closed (the server takes the end of the stream as a
+    /// goodbye): saying QUIT and waiting for BYE would cost the caller a
+    /// round trip.
     pub fn put(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
             idle.push(conn);
-        } else {
-            drop(idle);
-            conn.quit();
         }
     }
 

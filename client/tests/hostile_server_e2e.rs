@@ -9,7 +9,10 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Output;
 
-use fastdl_testkit::{client, run_with_deadline, DEADLINE};
+use fastdl_protocol::digest::PieceTree;
+use fastdl_protocol::listing::write_pieces;
+use fastdl_protocol::Digest;
+use fastdl_testkit::{client, hash_file, run_with_deadline, DEADLINE};
 
 /// What the fake server does after the handshake.
 #[derive(Clone, Copy)]
@@ -19,6 +22,18 @@ enum Misbehaviour {
     LyingLength,
     WrongBytes,
     PathTrickInList,
+    /// A multi-piece file whose per-piece digests come late (the client
+    /// asks for pieces meanwhile and must hold them until they come).
+    SlowDigests,
+    /// The same, but the digests that finally come do not add up to the
+    /// listed file digest.
+    DigestsThatDoNotAddUp,
+}
+
+/// The multi-piece file of the slow-digest cases: 3 MiB and 5 bytes.
+fn big() -> &'static [u8] {
+    static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BIG.get_or_init(|| fastdl_testkit::pattern(3 * (1 << 20) + 5, 42))
 }
 
 const CONTENT: &[u8] = b"the real bytes of the file";
@@ -59,11 +74,32 @@ fn serve(conn: TcpStream, how: Misbehaviour) {
                 Misbehaviour::PathTrickInList => {
                     format!("LIST 1\n{}\nEND\n", entry_line("../evil.txt", CONTENT)).into_bytes()
                 }
+                Misbehaviour::SlowDigests | Misbehaviour::DigestsThatDoNotAddUp => {
+                    format!("LIST 1\n{}\nEND\n", entry_line("big.bin", big())).into_bytes()
+                }
                 _ => format!("LIST 1\n{}\nEND\n", entry_line("f.txt", CONTENT)).into_bytes(),
             }
+        } else if req.starts_with("PIECES ") {
+            // Late enough for the first pieces to arrive before their digests.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let size = big().len() as u64;
+            let mut pieces = PieceTree::from_reader(big(), size).unwrap().pieces;
+            if matches!(how, Misbehaviour::DigestsThatDoNotAddUp) {
+                pieces.iter_mut().for_each(|d| *d = Digest([7; 32]));
+            }
+            let mut reply = Vec::new();
+            write_pieces(&mut reply, size, &pieces).unwrap();
+            reply
         } else if let Some(rest) = req.strip_prefix("GET ") {
-            let length: usize = rest.split(' ').nth(1).unwrap().parse().unwrap();
+            let mut words = rest.split(' ');
+            let offset: usize = words.next().unwrap().parse().unwrap();
+            let length: usize = words.next().unwrap().parse().unwrap();
             match how {
+                Misbehaviour::SlowDigests | Misbehaviour::DigestsThatDoNotAddUp => {
+                    let mut reply = format!("DATA {length}\n").into_bytes();
+                    reply.extend_from_slice(&big()[offset..offset + length]);
+                    reply
+                }
                 Misbehaviour::LyingLength => format!("DATA {}\n", length * 1000).into_bytes(),
                 _ => {
                     let mut reply = format!("DATA {length}\n").into_bytes();
@@ -196,4 +232,27 @@ fn a_path_trick_in_the_list() {
     );
     assert_nothing_landed(tmp.path());
     assert!(!tmp.path().join("evil.txt").exists());
+}
+
+#[test]
+fn pieces_that_arrive_before_their_digests_wait_for_them() {
+    let (tmp, out) = run(Misbehaviour::SlowDigests, "big.bin");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        hash_file(&tmp.path().join("w/data/big.bin")),
+        blake3::hash(big()).to_hex().to_string()
+    );
+}
+
+#[test]
+fn late_digests_that_do_not_add_up() {
+    let (tmp, out) = run(Misbehaviour::DigestsThatDoNotAddUp, "big.bin");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("big.bin") && stderr.contains("do not add up to the listed digest"),
+        "{stderr}"
+    );
+    assert_nothing_landed(tmp.path());
 }
