@@ -86,6 +86,19 @@ impl Connection {
         self.rtt
     }
 
+    /// Waits for the answer to the handshake now (a connection opened
+    /// ahead of need, before it joins the pool: a server that refused it,
+    /// busy or on another version, is found out here and not by its user).
+    pub fn greet(&mut self) -> Result<(), RequestError> {
+        if !self.greeted {
+            match self.read_reply()? {
+                Reply::Hello { version } if version == VERSION => self.greeted = true,
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(())
+    }
+
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
@@ -105,12 +118,7 @@ impl Connection {
 
     /// Reads one reply line; error replies become errors.
     pub fn reply(&mut self) -> Result<Reply, RequestError> {
-        if !self.greeted {
-            match self.read_reply()? {
-                Reply::Hello { version } if version == VERSION => self.greeted = true,
-                other => return Err(unexpected(other)),
-            }
-        }
+        self.greet()?;
         self.read_reply()
     }
 

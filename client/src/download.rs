@@ -1,6 +1,7 @@
 //! Downloading one listed file: the existing-file check, the part file,
-//! the per-piece digests, `--connections` workers sharing the piece queue,
-//! the final whole-file check, fsync and landing.
+//! the per-piece digests (fetched while a fresh download's first pieces are
+//! already on their way), `--connections` workers sharing the piece queue,
+//! and the final whole-file check; flushing and landing are the lander's.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,7 +15,7 @@ use fastdl_support::shutdown::Shutdown;
 use log::{debug, info, warn};
 
 use crate::connection::RequestError;
-use crate::expected::{Expected, FailUnlessArrived};
+use crate::expected::Expected;
 use crate::fetcher::{self, FileTask};
 use crate::journal::{self, Journal};
 use crate::piece_writer::{PieceBuf, PieceWriter};
@@ -127,7 +128,7 @@ impl Downloader {
         let (expected, servers) = if overlap {
             (Expected::pending(entry.digest), job.servers.clone())
         } else {
-            match self.piece_digests(entry, &job.servers, true) {
+            match self.piece_digests(entry, &job.servers) {
                 Ok((digests, servers)) => (Expected::known(digests, entry.digest), servers),
                 Err(outcome) => return outcome,
             }
@@ -157,6 +158,7 @@ impl Downloader {
             expected: &expected,
             progress: &progress,
             limit: self.limit.as_ref(),
+            workers: self.connections * servers.len(),
         };
         if self.plan && count > 0 {
             if already > 0 {
@@ -221,20 +223,37 @@ impl Downloader {
                     run_worker(pool, share);
                     None
                 }
+                // Digests on the way: all workers but one start now; this
+                // thread fetches the digests, then works as the last one
+                // (on the connection the digests came over).
+                [ref others @ .., (pool, share)] if overlap => {
+                    let pending = PendingDigests {
+                        expected: &expected,
+                        queue: &queue,
+                    };
+                    let handles: Vec<_> = others
+                        .iter()
+                        .map(|&(pool, share)| scope.spawn(move || run_worker(pool, share)))
+                        .collect();
+                    let early = self.digests_meanwhile(entry, &servers, &expected);
+                    drop(pending);
+                    if early.is_none() {
+                        run_worker(pool, share);
+                    }
+                    for handle in handles {
+                        let _ = handle.join();
+                    }
+                    early
+                }
                 _ => {
                     let handles: Vec<_> = pools
                         .iter()
                         .map(|&(pool, share)| scope.spawn(move || run_worker(pool, share)))
                         .collect();
-                    let early = if overlap {
-                        self.digests_meanwhile(entry, &servers, &expected, &queue)
-                    } else {
-                        None
-                    };
                     for handle in handles {
                         let _ = handle.join();
                     }
-                    early
+                    None
                 }
             };
             drop(stop_journal);
@@ -345,19 +364,13 @@ impl Downloader {
         entry: &Entry,
         servers: &[usize],
         expected: &Expected,
-        queue: &PieceQueue,
     ) -> Option<Outcome> {
-        let _settled = FailUnlessArrived(expected);
-        match self.piece_digests(entry, servers, false) {
+        match self.piece_digests(entry, servers) {
             Ok((digests, _)) => {
                 expected.arrive(digests);
                 None
             }
-            Err(outcome) => {
-                queue.stop(Stop::Cancelled);
-                queue.wake_all();
-                Some(outcome)
-            }
+            Err(outcome) => Some(outcome),
         }
     }
 
@@ -382,7 +395,6 @@ impl Downloader {
         &self,
         entry: &Entry,
         servers: &[usize],
-        warm: bool,
     ) -> Result<(Vec<Digest>, Vec<usize>), Outcome> {
         if piece_count(entry.size) <= 1 {
             return Ok((Vec::new(), servers.to_vec()));
@@ -392,25 +404,13 @@ impl Downloader {
         let mut last_error = None;
         for &s in servers {
             let pool = &self.pools[s];
-            let fetched = std::thread::scope(|scope| {
-                pool.get().and_then(|mut conn| {
-                    // While the digests are on their way, open the other
-                    // connections the workers will need: one round trip
-                    // for all of them, not a handshake each afterwards.
-                    if warm && !self.plan {
-                        let others = self
-                            .connections
-                            .min(piece_count(entry.size) as usize)
-                            .saturating_sub(1);
-                        scope.spawn(move || pool.warm(others));
-                    }
-                    let _registered = self.shutdown.register(conn.stream());
-                    let pieces = conn.pieces(&entry.name, entry.size);
-                    if pieces.is_ok() {
-                        pool.put(conn);
-                    }
-                    pieces
-                })
+            let fetched = pool.get().and_then(|mut conn| {
+                let _registered = self.shutdown.register(conn.stream());
+                let pieces = conn.pieces(&entry.name, entry.size);
+                if pieces.is_ok() {
+                    pool.put(conn);
+                }
+                pieces
             });
             match fetched {
                 Ok(pieces) => match PieceTree::from_pieces(entry.size, pieces) {
@@ -584,6 +584,25 @@ impl Downloader {
             rate,
             fetched,
         }))
+    }
+}
+
+/// Digests a download's workers may be waiting for. Dropped before they
+/// arrived (the fetch failed, or this thread is unwinding), it stops the
+/// download and then releases the waiting pieces, so that no worker waits
+/// forever or goes on fetching pieces it cannot judge.
+struct PendingDigests<'a> {
+    expected: &'a Expected,
+    queue: &'a PieceQueue,
+}
+
+impl Drop for PendingDigests<'_> {
+    fn drop(&mut self) {
+        if self.expected.is_pending() {
+            self.queue.stop(Stop::Cancelled);
+            self.queue.wake_all();
+            self.expected.fail();
+        }
     }
 }
 

@@ -41,6 +41,11 @@ impl Expected {
         let _ = self.pieces.set(None);
     }
 
+    /// Whether the digests are still awaited.
+    pub fn is_pending(&self) -> bool {
+        self.pieces.get().is_none()
+    }
+
     /// All per-piece digests, waiting for them if need be; `None` if they
     /// will not come.
     pub fn all(&self) -> Option<&[Digest]> {
@@ -51,16 +56,6 @@ impl Expected {
     pub fn piece(&self, piece: u64) -> Option<Digest> {
         let pieces = self.all()?;
         Some(pieces.get(piece as usize).copied().unwrap_or(self.file))
-    }
-}
-
-/// Settles pending digests as failed when dropped unsettled, so that no
-/// piece waits forever whatever path the fetching took.
-pub struct FailUnlessArrived<'a>(pub &'a Expected);
-
-impl Drop for FailUnlessArrived<'_> {
-    fn drop(&mut self) {
-        self.0.fail();
     }
 }
 
@@ -93,19 +88,18 @@ mod tests {
     }
 
     #[test]
-    fn dropping_the_guard_releases_waiters() {
+    fn a_failure_releases_waiters_and_arrived_digests_stay() {
         let e = Expected::pending(d(9));
+        assert!(e.is_pending());
         std::thread::scope(|scope| {
             let waiter = scope.spawn(|| e.piece(0));
-            drop(FailUnlessArrived(&e));
+            e.fail();
             assert_eq!(waiter.join().unwrap(), None);
         });
-        // Digests that arrived stay, whatever the guard does afterwards.
         let e = Expected::pending(d(9));
-        {
-            let _guard = FailUnlessArrived(&e);
-            e.arrive(vec![d(5)]);
-        }
+        e.arrive(vec![d(5)]);
+        e.fail();
+        assert!(!e.is_pending());
         assert_eq!(e.piece(0), Some(d(5)));
     }
 }

@@ -1,8 +1,9 @@
 //! One connection's share of a download: take pieces from the shared
-//! queue, ask for them with ranged reads (at least two in flight, so the
-//! connection never idles for a round trip, and more on a long path, to
-//! cover its bandwidth-delay product), hash each piece while its bytes
-//! arrive, verify it, and write it at its offset in the part file.
+//! queue, ask for them with ranged reads (two in flight, so the connection
+//! never idles for a round trip, more on a long path, to cover its
+//! bandwidth-delay product, never more than its share of the file), hash
+//! each piece while its bytes arrive, verify it (waiting for its digest if
+//! that is still on its way), and write it at its offset in the part file.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -30,11 +31,17 @@ const MAX_DEPTH: usize = 12;
 /// this rate times the round trip (the bandwidth-delay product).
 const TARGET_RATE: f64 = 100e6;
 
-/// How many ranged reads to keep in flight on a path with round trip `rtt`.
-fn pipeline_depth(rtt: Duration) -> usize {
-    let ahead = (rtt.as_secs_f64() * TARGET_RATE / PIECE_SIZE as f64).ceil() as usize;
-    (MIN_DEPTH + ahead).min(MAX_DEPTH)
+/// How many ranged reads to keep in flight on a path with round trip `rtt`,
+/// when `pieces` pieces are shared by `workers` connections: never so many
+/// that one connection holds more than its share while others idle.
+fn pipeline_depth(rtt: Duration, pieces: u64, workers: usize) -> usize {
+    let ahead = (rtt.as_secs_f64() * TARGET_RATE / PIECE_SIZE as f64).round() as usize;
+    let share = pieces.div_ceil(workers.max(1) as u64).max(1);
+    (MIN_DEPTH + ahead)
+        .min(MAX_DEPTH)
+        .min(usize::try_from(share).unwrap_or(usize::MAX))
 }
+
 /// Bytes read from the socket at a time (hashing and progress follow).
 const SLICE: usize = 256 * 1024;
 
@@ -48,6 +55,8 @@ pub struct FileTask<'a> {
     pub expected: &'a Expected,
     pub progress: &'a FileProgress<'a>,
     pub limit: Option<&'a RateLimit>,
+    /// How many connections share the queue (at most).
+    pub workers: usize,
 }
 
 /// Works on `task` over `conn` until no pieces are left for it. On error
@@ -59,7 +68,7 @@ pub fn run(
     buf: &mut PieceBuf,
     received: &AtomicU64,
 ) -> Result<(), RequestError> {
-    let depth = pipeline_depth(conn.rtt());
+    let depth = pipeline_depth(conn.rtt(), task.queue.remaining(), task.workers);
     let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(depth);
     let result = pump(conn, task, buf, depth, &mut in_flight, received);
     if result.is_err() {
@@ -210,10 +219,21 @@ mod tests {
 
     #[test]
     fn pipeline_depth_grows_with_the_round_trip() {
-        assert_eq!(pipeline_depth(Duration::ZERO), MIN_DEPTH);
-        assert_eq!(pipeline_depth(Duration::from_micros(50)), MIN_DEPTH + 1);
+        let depth = |rtt| pipeline_depth(rtt, 1000, 4);
+        assert_eq!(depth(Duration::ZERO), MIN_DEPTH);
+        // Loopback: one piece being received, the next on its way.
+        assert_eq!(depth(Duration::from_micros(50)), MIN_DEPTH);
         // 50 ms at 100 MB/s is 5 MB in flight: 5 pieces ahead.
-        assert_eq!(pipeline_depth(Duration::from_millis(50)), MIN_DEPTH + 5);
-        assert_eq!(pipeline_depth(Duration::from_secs(2)), MAX_DEPTH);
+        assert_eq!(depth(Duration::from_millis(50)), MIN_DEPTH + 5);
+        assert_eq!(depth(Duration::from_secs(2)), MAX_DEPTH);
+    }
+
+    #[test]
+    fn one_connection_never_holds_more_than_its_share() {
+        let long = Duration::from_millis(50);
+        assert_eq!(pipeline_depth(long, 5, 4), 2);
+        assert_eq!(pipeline_depth(long, 3, 4), 1);
+        assert_eq!(pipeline_depth(Duration::ZERO, 1, 4), 1);
+        assert_eq!(pipeline_depth(long, 0, 0), 1);
     }
 }

@@ -1,8 +1,9 @@
 //! `fastdl-client`: shows a fastdl server's list, then downloads the names
 //! written to input.txt, verified, into the output folder.
 //!
-//! Wiring only: options, logging and progress, the first list, the input
-//! watcher, the scheduler, Ctrl-C and the exit status.
+//! Wiring only: options, logging and progress, the connection pools (warmed
+//! at startup in `--once` mode), the first list, the input watcher, the
+//! scheduler, Ctrl-C and the exit status.
 
 mod cli;
 mod connection;
@@ -91,7 +92,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let downloader = Arc::new(Downloader {
         pools: addrs
             .iter()
-            .map(|&addr| Pool::new(addr, connections * jobs + 1))
+            .map(|&addr| Pool::new(addr, connections * jobs))
             .collect(),
         out: args.out.clone(),
         connections,
@@ -101,11 +102,12 @@ fn run(args: Args) -> Result<ExitCode> {
         shutdown: Arc::clone(&shutdown),
     });
     if args.once {
-        // There will be downloads: open their connections while the lists
-        // are fetched, instead of one handshake per worker afterwards.
+        // There will be downloads: open their connections (all but the one
+        // the list comes over) while the lists are fetched, instead of one
+        // handshake per worker afterwards.
         for index in 0..downloader.pools.len() {
             let downloader = Arc::clone(&downloader);
-            std::thread::spawn(move || downloader.pools[index].warm(connections));
+            std::thread::spawn(move || downloader.pools[index].warm(connections - 1));
         }
     }
     let Some(lists) = first_lists(&downloader, &args, &shutdown)? else {

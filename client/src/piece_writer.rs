@@ -3,8 +3,10 @@
 //!
 //! Whole pieces of a large file are written through a second descriptor
 //! of the same part file opened with `O_DIRECT`: the bytes go from our
-//! buffer to the disk while the transfer goes on, the page cache is not
-//! filled (and later flushed) with a file nobody is reading yet, and the
+//! buffer straight to the disk, piece by piece, while the other
+//! connections (and the kernel, into this connection's socket buffer) go
+//! on receiving; the page cache is not filled with a file nobody is
+//! reading yet (on a VM, memory the host must first hand back), and the
 //! final fsync has only the metadata and the device cache left to do.
 //! Everything else (the short last piece, small files, file systems that
 //! refuse `O_DIRECT`) goes through the ordinary descriptor. Either way a
@@ -68,12 +70,13 @@ impl<'a> PieceWriter<'a> {
             if self.direct_ok.load(Ordering::Relaxed) && aligned(data, offset) {
                 match direct.write_all_at(data, offset) {
                     Ok(()) => return Ok(()),
-                    // Refused for this file system or device: buffered from now on.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        debug!("direct write refused ({e}); writing through the page cache");
+                    // Refused (EINVAL: not for this file system or device) or
+                    // failed: this piece, and the rest of the file, go through
+                    // the page cache, which reports its own errors.
+                    Err(e) => {
+                        debug!("direct write failed ({e}); writing through the page cache");
                         self.direct_ok.store(false, Ordering::Relaxed);
                     }
-                    Err(e) => return Err(e),
                 }
             }
         }

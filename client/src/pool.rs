@@ -35,19 +35,21 @@ impl Pool {
         }
     }
 
-    /// Opens new connections, all at once, until `want` are idle. Used
-    /// while a download asks for its piece digests on a connection it
-    /// holds, so that its workers find their connections ready instead of
-    /// each paying a handshake afterwards. Failures are left to the workers, which connect (and
-    /// report) themselves.
+    /// Opens new connections, all at once, until `want` are idle, each
+    /// greeted before it joins the pool. Used by `--once` at startup, while
+    /// the list is fetched, so that the first download finds its
+    /// connections ready. Failures are left to the workers, which connect
+    /// (and report) themselves.
     pub fn warm(&self, want: usize) {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
         let missing = want.min(self.max_idle).saturating_sub(idle);
         std::thread::scope(|scope| {
             for _ in 0..missing {
                 scope.spawn(|| {
-                    if let Ok(conn) = Connection::open(self.addr) {
-                        self.put(conn);
+                    if let Ok(mut conn) = Connection::open(self.addr) {
+                        if conn.greet().is_ok() {
+                            self.put(conn);
+                        }
                     }
                 });
             }
@@ -55,9 +57,9 @@ impl Pool {
     }
 
     /// Returns a healthy connection for reuse. One more than the pool keeps
-    /// is simply closed (the server takes the end of the stream as a
-    /// goodbye): saying QUIT and waiting for BYE would cost the caller a
-    /// round trip.
+    /// is simply closed (the server takes the end of the stream, or a reset,
+    /// as a goodbye): saying QUIT and waiting for BYE would cost the caller
+    /// a round trip.
     pub fn put(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {

@@ -13,19 +13,13 @@ use rustix::net::SendFlags;
 
 use crate::catalog::FileInfo;
 
-/// Send buffer asked for on every connection that carries file data. The
-/// kernel grants at most `net.core.wmem_max` (and doubles it for its own
-/// bookkeeping). Asking explicitly lifts the cap of send-buffer autotuning
-/// (`net.ipv4.tcp_wmem`, 4 MiB on common systems), which otherwise limits
-/// one connection to about 4 MiB per round trip: 40 MB/s at 50 ms.
-pub const SEND_BUFFER: usize = 8 << 20;
-
-/// Prepares a connection for bulk sends: no Nagle delay for the reply
-/// lines, and the large send buffer. Best effort: a refused option only
-/// costs speed.
+/// Prepares a connection that carries file data: no Nagle delay for the
+/// reply lines. The send buffer is left to the kernel's autotuning: asking
+/// for a size switches autotuning off and, where `net.core.wmem_max` is
+/// small (212992 on a stock kernel), would cap the connection far below
+/// what autotuning reaches on a long path.
 pub fn tune_for_bulk(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
-    let _ = rustix::net::sockopt::set_socket_send_buffer_size(stream, SEND_BUFFER);
 }
 
 /// Why a listed file was not opened.
