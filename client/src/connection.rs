@@ -142,9 +142,20 @@ impl Connection {
 
     /// Fetches the per-piece digests of `name`, which must have `size` bytes.
     pub fn pieces(&mut self, name: &str, size: u64) -> Result<Vec<Digest>, RequestError> {
+        self.ask_pieces(name)?;
+        self.pieces_reply(name, size)
+    }
+
+    /// Sends `PIECES name`; the answer is read by [`Self::pieces_reply`]
+    /// (other requests may be sent in between).
+    pub fn ask_pieces(&mut self, name: &str) -> Result<(), RequestError> {
         self.send(&Request::Pieces {
             name: name.to_owned(),
-        })?;
+        })
+    }
+
+    /// Reads the answer to `PIECES name` for a file of `size` bytes.
+    pub fn pieces_reply(&mut self, name: &str, size: u64) -> Result<Vec<Digest>, RequestError> {
         match self.reply()? {
             Reply::Pieces {
                 size: s,

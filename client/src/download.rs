@@ -14,7 +14,7 @@ use fastdl_support::human_bytes;
 use fastdl_support::shutdown::Shutdown;
 use log::{debug, info, warn};
 
-use crate::connection::RequestError;
+use crate::connection::{Connection, RequestError};
 use crate::expected::Expected;
 use crate::fetcher::{self, FileTask};
 use crate::journal::{self, Journal};
@@ -223,9 +223,9 @@ impl Downloader {
                     run_worker(pool, share);
                     None
                 }
-                // Digests on the way: all workers but one start now; this
-                // thread fetches the digests, then works as the last one
-                // (on the connection the digests came over).
+                // Digests on the way: every worker starts now; the one on
+                // this thread asks for the digests together with its first
+                // pieces, then works on like the others.
                 [ref others @ .., (pool, share)] if overlap => {
                     let pending = PendingDigests {
                         expected: &expected,
@@ -235,7 +235,7 @@ impl Downloader {
                         .iter()
                         .map(|&(pool, share)| scope.spawn(move || run_worker(pool, share)))
                         .collect();
-                    let early = self.digests_meanwhile(entry, &servers, &expected);
+                    let early = self.lead_worker(&task, pool, share, &expected).err();
                     drop(pending);
                     if early.is_none() {
                         run_worker(pool, share);
@@ -356,21 +356,65 @@ impl Downloader {
         }
     }
 
-    /// Fetches the per-piece digests while the workers already fetch
-    /// pieces. If they cannot be had, the download is stopped and the
-    /// outcome says why.
-    fn digests_meanwhile(
+    /// The first connection of a fresh download: asks for the per-piece
+    /// digests and for its first pieces in one round trip, and reads the
+    /// digests before its first piece, releasing every piece that waits
+    /// for them. Returns the outcome of the attempt when the digests could
+    /// not be had; afterwards the caller goes on as an ordinary worker.
+    fn lead_worker(
         &self,
-        entry: &Entry,
-        servers: &[usize],
+        task: &FileTask<'_>,
+        pool: &Pool,
+        share: &AtomicU64,
         expected: &Expected,
-    ) -> Option<Outcome> {
-        match self.piece_digests(entry, servers) {
-            Ok((digests, _)) => {
-                expected.arrive(digests);
-                None
+    ) -> Result<(), Outcome> {
+        let entry = task.entry;
+        let mut conn = pool
+            .get()
+            .map_err(|e| self.request_failed(entry, e, pool))?;
+        let mut buf = PieceBuf::default();
+        let mut read_digests = |conn: &mut Connection| {
+            let pieces = conn.pieces_reply(&entry.name, entry.size)?;
+            match PieceTree::from_pieces(entry.size, pieces) {
+                Some(tree) if tree.root == entry.digest => {
+                    expected.arrive(tree.pieces);
+                    Ok(())
+                }
+                _ => {
+                    warn!(
+                        "{}: server {}: per-piece digests do not add up to the listed digest",
+                        entry.name,
+                        pool.addr()
+                    );
+                    Err(RequestError::Server {
+                        code: ErrorCode::Changed,
+                        message: format!(
+                            "{}: piece digests do not match the listed digest",
+                            entry.name
+                        ),
+                    })
+                }
             }
-            Err(outcome) => Some(outcome),
+        };
+        let result = {
+            let _registered = self.shutdown.register(conn.stream());
+            conn.ask_pieces(&entry.name).and_then(|()| {
+                fetcher::run_after(&mut conn, task, &mut buf, share, &mut read_digests)
+            })
+        };
+        match result {
+            Ok(()) => {
+                pool.put(conn);
+                Ok(())
+            }
+            Err(e) if expected.is_pending() => Err(self.request_failed(entry, e, pool)),
+            Err(e) => {
+                // The digests are in; the connection broke later. The
+                // caller carries on as an ordinary worker (reconnecting).
+                debug!("{}: connection to {} lost ({e})", entry.name, pool.addr());
+                pool.clear();
+                Ok(())
+            }
         }
     }
 

@@ -68,9 +68,44 @@ pub fn run(
     buf: &mut PieceBuf,
     received: &AtomicU64,
 ) -> Result<(), RequestError> {
+    run_then(conn, task, buf, received, None)
+}
+
+/// Reads an answer still due on a connection before its first data.
+pub type BeforeData<'a> = &'a mut dyn FnMut(&mut Connection) -> Result<(), RequestError>;
+
+/// Like [`run`], on a connection where an answer (the per-piece digests)
+/// is still due before any data: `before_data` reads it after this
+/// connection's first ranged reads went out, so that both share one round
+/// trip.
+pub fn run_after(
+    conn: &mut Connection,
+    task: &FileTask<'_>,
+    buf: &mut PieceBuf,
+    received: &AtomicU64,
+    before_data: BeforeData<'_>,
+) -> Result<(), RequestError> {
+    run_then(conn, task, buf, received, Some(before_data))
+}
+
+fn run_then(
+    conn: &mut Connection,
+    task: &FileTask<'_>,
+    buf: &mut PieceBuf,
+    received: &AtomicU64,
+    before_data: Option<BeforeData<'_>>,
+) -> Result<(), RequestError> {
     let depth = pipeline_depth(conn.rtt(), task.queue.remaining(), task.workers);
     let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(depth);
-    let result = pump(conn, task, buf, depth, &mut in_flight, received);
+    let result = pump(
+        conn,
+        task,
+        buf,
+        depth,
+        &mut in_flight,
+        received,
+        before_data,
+    );
     if result.is_err() {
         task.queue.give_back(in_flight.drain(..).rev());
     }
@@ -84,11 +119,15 @@ fn pump(
     depth: usize,
     in_flight: &mut VecDeque<u64>,
     received: &AtomicU64,
+    mut before_data: Option<BeforeData<'_>>,
 ) -> Result<(), RequestError> {
     let size = task.entry.size;
     loop {
         while in_flight.len() < depth {
-            let next = if in_flight.is_empty() {
+            // Waiting for a piece to come back is only for a connection with
+            // nothing else to do: one that still owes the digests must not
+            // wait for pieces that themselves wait for those digests.
+            let next = if in_flight.is_empty() && before_data.is_none() {
                 task.queue.take()
             } else {
                 task.queue.try_take()
@@ -101,6 +140,9 @@ fn pump(
                 length,
                 name: task.entry.name.clone(),
             })?;
+        }
+        if let Some(read_first) = before_data.take() {
+            read_first(conn)?;
         }
         let Some(&piece) = in_flight.front() else {
             return Ok(());
