@@ -1,4 +1,5 @@
-//! One control connection to a server: connect, version handshake, and the
+//! One control connection to a server: connect, version handshake (sent
+//! with the connect, its answer checked before the first reply), and the
 //! requests the client makes (list, per-piece digests, ranged reads).
 //!
 //! Everything read from the server is bounded: reply lines by

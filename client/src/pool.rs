@@ -1,6 +1,7 @@
 //! Reusing connections across files: a finished download hands its
 //! connections back here and the next one picks them up, so a queue of
-//! small files costs no handshake storm.
+//! small files costs no handshake storm. `--once` also opens a download's
+//! connections here ahead of need, while the list is fetched.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;

@@ -1,5 +1,6 @@
 //! Sending a byte range of a listed file: the safety checks made on every
-//! request, and the zero-copy send (`sendfile`) itself.
+//! request, the socket settings for bulk sends, and the zero-copy send
+//! (`sendfile`) itself.
 
 use std::fs::File;
 use std::io;
