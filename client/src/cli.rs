@@ -46,10 +46,11 @@ pub struct Args {
     /// Let the server plan the transfer (seed 000's N-stream plan): it picks
     /// 1 to 8 streams from the file size (1 under 10 MB ... 8 over 1 GB),
     /// opens a port per stream and pushes 1 MiB chunks round-robin, with no
-    /// request per chunk. Useful on long, lossy paths where many streams
-    /// beat a few, and when the server should decide the parallelism. Chunks
-    /// are verified like pieces; anything a broken stream did not deliver is
-    /// fetched with ranged reads. Needs the plan ports reachable (not only 1337).
+    /// request per chunk. For when the server should decide the
+    /// parallelism; it is usually no faster than the default ranged reads (extra
+    /// round trips to set up, a fixed share per stream). Chunks are verified
+    /// like pieces; anything a broken stream did not deliver is fetched with
+    /// ranged reads. Needs the plan ports reachable (not only 1337).
     #[arg(long)]
     pub plan: bool,
 
