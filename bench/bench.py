@@ -216,6 +216,19 @@ def forget(p):
         LIVE.discard(p)
 
 
+def stop_child(p, sig, what):
+    """Asks a server we started to stop with `sig`, kills it after 5 s."""
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log(f"{what} did not exit within 5 s of {sig.name}; killing it")
+            kill_group(p)
+            p.wait()
+    forget(p)
+
+
 def kill_group(p, sig=signal.SIGKILL):
     try:
         os.killpg(p.pid, sig)
@@ -344,15 +357,7 @@ class FastdlServer:
         return read_vmhwm_kb(self.p.pid)
 
     def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGINT)
-            try:
-                self.p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                log(f"fastdl-server ({self.name}) did not exit within 5 s of SIGINT; killing it")
-                kill_group(self.p)
-                self.p.wait()
-        forget(self.p)
+        stop_child(self.p, signal.SIGINT, f"fastdl-server ({self.name})")
         self.f.close()
         return self.p.returncode
 
@@ -421,14 +426,7 @@ http {{
         return sum(vals) if vals else None
 
     def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                kill_group(self.p)
-                self.p.wait()
-        forget(self.p)
+        stop_child(self.p, signal.SIGTERM, "nginx")
         self.out.close()
 
 

@@ -375,26 +375,13 @@ impl Downloader {
         let mut buf = PieceBuf::default();
         let mut read_digests = |conn: &mut Connection| {
             let pieces = conn.pieces_reply(&entry.name, entry.size)?;
-            match PieceTree::from_pieces(entry.size, pieces) {
-                Some(tree) if tree.root == entry.digest => {
-                    expected.arrive(tree.pieces);
-                    Ok(())
-                }
-                _ => {
-                    warn!(
-                        "{}: server {}: per-piece digests do not add up to the listed digest",
-                        entry.name,
-                        pool.addr()
-                    );
-                    Err(RequestError::Server {
-                        code: ErrorCode::Changed,
-                        message: format!(
-                            "{}: piece digests do not match the listed digest",
-                            entry.name
-                        ),
-                    })
-                }
-            }
+            let pieces =
+                adding_up(entry, pool, pieces).map_err(|message| RequestError::Server {
+                    code: ErrorCode::Changed,
+                    message,
+                })?;
+            expected.arrive(pieces);
+            Ok(())
         };
         let result = {
             let _registered = self.shutdown.register(conn.stream());
@@ -457,9 +444,9 @@ impl Downloader {
                 pieces
             });
             match fetched {
-                Ok(pieces) => match PieceTree::from_pieces(entry.size, pieces) {
-                    Some(tree) if tree.root == entry.digest => {
-                        if agreed.as_ref().is_some_and(|a| *a != tree.pieces) {
+                Ok(pieces) => match adding_up(entry, pool, pieces) {
+                    Ok(pieces) => {
+                        if agreed.as_ref().is_some_and(|a| *a != pieces) {
                             warn!(
                                 "{}: server {} sent other per-piece digests; not used",
                                 entry.name,
@@ -467,20 +454,10 @@ impl Downloader {
                             );
                             continue;
                         }
-                        agreed.get_or_insert(tree.pieces);
+                        agreed.get_or_insert(pieces);
                         usable.push(s);
                     }
-                    _ => {
-                        warn!(
-                            "{}: server {}: per-piece digests do not add up to the listed digest; not used for this file",
-                            entry.name,
-                            pool.addr()
-                        );
-                        last_error = Some(Outcome::Changed(format!(
-                            "{}: piece digests do not match the listed digest",
-                            entry.name
-                        )));
-                    }
+                    Err(why) => last_error = Some(Outcome::Changed(why)),
                 },
                 Err(e) => {
                     debug!("{}: server {}: {e}", entry.name, pool.addr());
@@ -628,6 +605,26 @@ impl Downloader {
             rate,
             fetched,
         }))
+    }
+}
+
+/// The per-piece digests `pool`'s server sent for `entry`, if they add up
+/// to the listed file digest; otherwise the reason (also logged), and that
+/// server is not used for the file.
+fn adding_up(entry: &Entry, pool: &Pool, pieces: Vec<Digest>) -> Result<Vec<Digest>, String> {
+    match PieceTree::from_pieces(entry.size, pieces) {
+        Some(tree) if tree.root == entry.digest => Ok(tree.pieces),
+        _ => {
+            warn!(
+                "{}: server {}: per-piece digests do not add up to the listed digest; not used for this file",
+                entry.name,
+                pool.addr()
+            );
+            Err(format!(
+                "{}: piece digests do not match the listed digest",
+                entry.name
+            ))
+        }
     }
 }
 
