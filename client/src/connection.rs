@@ -1,10 +1,13 @@
 //! One control connection to a server: connect, version handshake (sent
 //! with the connect, its answer checked before the first reply), and the
 //! requests the client makes (list, per-piece digests, ranged reads).
+//! Requests may be sent ahead of need (see [`Ahead`]): a download takes
+//! their answers over, or they are read and dropped before the next reply.
 //!
 //! Everything read from the server is bounded: reply lines by
 //! `MAX_REPLY_LINE`, data by the length the client itself asked for.
 
+use std::collections::VecDeque;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -40,6 +43,43 @@ impl From<std::io::Error> for RequestError {
     }
 }
 
+/// A request sent before anything needed it: `--once` asks for the first
+/// file's digests and first pieces while the list is still on its way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ahead {
+    Pieces {
+        name: String,
+    },
+    Get {
+        name: String,
+        offset: u64,
+        length: u64,
+    },
+}
+
+impl Ahead {
+    fn request(&self) -> Request {
+        match self {
+            Ahead::Pieces { name } => Request::Pieces { name: name.clone() },
+            Ahead::Get {
+                name,
+                offset,
+                length,
+            } => Request::Get {
+                offset: *offset,
+                length: *length,
+                name: name.clone(),
+            },
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Ahead::Pieces { name } | Ahead::Get { name, .. } => name,
+        }
+    }
+}
+
 /// A connected control connection. The version handshake is pipelined:
 /// `FASTDL` goes out with the connect, and its answer is checked before
 /// the first reply is read, so a new connection costs one round trip
@@ -50,6 +90,8 @@ pub struct Connection {
     peer: SocketAddr,
     greeted: bool,
     rtt: Duration,
+    /// Requests sent ahead whose answers nobody has read or taken over.
+    ahead: VecDeque<Ahead>,
 }
 
 /// Resolves `server` (HOST:PORT) to its first address.
@@ -77,6 +119,7 @@ impl Connection {
             peer: addr,
             greeted: false,
             rtt,
+            ahead: VecDeque::new(),
         };
         conn.send(&Request::Hello { version: VERSION })?;
         Ok(conn)
@@ -117,8 +160,51 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends a request ahead of need; its answer waits for
+    /// [`Self::take_ahead`] or is dropped by [`Self::settle`].
+    pub fn send_ahead(&mut self, ahead: Ahead) -> Result<(), RequestError> {
+        self.send(&ahead.request())?;
+        self.ahead.push_back(ahead);
+        Ok(())
+    }
+
+    /// The requests sent ahead whose answers are still unread.
+    pub fn ahead(&self) -> &VecDeque<Ahead> {
+        &self.ahead
+    }
+
+    /// Takes over the requests sent ahead: the caller reads their answers,
+    /// in order, before any other.
+    pub fn take_ahead(&mut self) -> VecDeque<Ahead> {
+        std::mem::take(&mut self.ahead)
+    }
+
+    /// Reads and drops the answers to requests sent ahead that nobody took
+    /// over (a refusal is an answer too: the name may not be listed, or
+    /// the file may be shorter than the range asked for).
+    pub fn settle(&mut self) -> Result<(), RequestError> {
+        while let Some(ahead) = self.ahead.pop_front() {
+            self.greet()?;
+            let answer = match self.read_reply() {
+                Err(RequestError::WrongInput(_) | RequestError::Server { .. }) => continue,
+                answer => answer?,
+            };
+            match (ahead, answer) {
+                (Ahead::Pieces { .. }, Reply::Pieces { count, .. }) => {
+                    read_pieces(&mut self.reader, count)?;
+                }
+                (Ahead::Get { length, .. }, Reply::Data { length: got }) if got == length => {
+                    self.skip_data(length)?;
+                }
+                (_, other) => return Err(unexpected(other)),
+            }
+        }
+        Ok(())
+    }
+
     /// Reads one reply line; error replies become errors.
     pub fn reply(&mut self) -> Result<Reply, RequestError> {
+        self.settle()?;
         self.greet()?;
         self.read_reply()
     }
@@ -132,13 +218,21 @@ impl Connection {
         }
     }
 
-    /// Fetches the published list.
-    pub fn list(&mut self) -> Result<Listing, RequestError> {
+    /// Fetches the published list, sending `ahead` right after the request
+    /// (their answers follow the list's).
+    pub fn list(&mut self, ahead: Vec<Ahead>) -> Result<Listing, RequestError> {
+        self.settle()?;
         self.send(&Request::List)?;
-        match self.reply()? {
-            Reply::List { count } => Ok(Listing::read_body(&mut self.reader, count)?),
-            other => Err(unexpected(other)),
+        for request in &ahead {
+            self.send(&request.request())?;
         }
+        self.greet()?;
+        let listing = match self.read_reply()? {
+            Reply::List { count } => Listing::read_body(&mut self.reader, count)?,
+            other => return Err(unexpected(other)),
+        };
+        self.ahead.extend(ahead);
+        Ok(listing)
     }
 
     /// Fetches the per-piece digests of `name`, which must have `size` bytes.
@@ -191,6 +285,15 @@ impl Connection {
     /// The reader positioned at the data bytes.
     pub fn data(&mut self) -> &mut impl Read {
         &mut self.reader
+    }
+
+    /// Reads and drops `length` data bytes (an answer nobody needs).
+    pub fn skip_data(&mut self, length: u64) -> std::io::Result<()> {
+        let copied = std::io::copy(&mut (&mut self.reader).take(length), &mut std::io::sink())?;
+        if copied < length {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
     }
 }
 

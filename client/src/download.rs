@@ -1,7 +1,9 @@
 //! Downloading one listed file: the existing-file check, the part file,
 //! the per-piece digests (fetched while a fresh download's first pieces are
-//! already on their way), `--connections` workers sharing the piece queue,
-//! and the final whole-file check; flushing and landing are the lander's.
+//! already on their way), `--connections` workers sharing the piece queue
+//! (taking over the connections `--once`'s head start primed for this
+//! file), and the final whole-file check; flushing and landing are the
+//! lander's.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -9,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fastdl_protocol::digest::{piece_count, piece_range, root_digest, PieceHasher};
-use fastdl_protocol::{Digest, Entry, ErrorCode, PieceTree};
+use fastdl_protocol::{Digest, Entry, ErrorCode, PieceTree, PIECE_SIZE};
 use fastdl_support::human_bytes;
 use fastdl_support::shutdown::Shutdown;
 use log::{debug, info, warn};
 
-use crate::connection::{Connection, RequestError};
+use crate::connection::{Ahead, Connection, RequestError};
 use crate::expected::Expected;
 use crate::fetcher::{self, FileTask};
 use crate::journal::{self, Journal};
@@ -197,8 +199,8 @@ impl Downloader {
             .collect();
         let live = AtomicUsize::new(pools.len());
         let last_error = std::sync::Mutex::new(None::<String>);
-        let run_worker = |pool: &Pool, share: &AtomicU64| {
-            if let Err(e) = self.worker(&task, pool, share) {
+        let run_worker = |pool: &Pool, share: &AtomicU64, primed: Option<Primed>| {
+            if let Err(e) = self.worker(&task, pool, share, primed) {
                 *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             }
             if live.fetch_sub(1, Ordering::SeqCst) == 1 && queue.remaining() > 0 {
@@ -220,7 +222,7 @@ impl Downloader {
             let early = match pools[..] {
                 // A lone connection works on this thread: no spawn per small file.
                 [(pool, share)] if !overlap => {
-                    run_worker(pool, share);
+                    run_worker(pool, share, None);
                     None
                 }
                 // Digests on the way: every worker starts now; the one on
@@ -231,14 +233,18 @@ impl Downloader {
                         expected: &expected,
                         queue: &queue,
                     };
+                    let (lead, mut rest) = take_primed(pool, entry, others.len(), &queue);
                     let handles: Vec<_> = others
                         .iter()
-                        .map(|&(pool, share)| scope.spawn(move || run_worker(pool, share)))
+                        .map(|&(pool, share)| {
+                            let primed = rest.pop();
+                            scope.spawn(move || run_worker(pool, share, primed))
+                        })
                         .collect();
-                    let early = self.lead_worker(&task, pool, share, &expected).err();
+                    let early = self.lead_worker(&task, pool, share, &expected, lead).err();
                     drop(pending);
                     if early.is_none() {
-                        run_worker(pool, share);
+                        run_worker(pool, share, None);
                     }
                     for handle in handles {
                         let _ = handle.join();
@@ -248,7 +254,7 @@ impl Downloader {
                 _ => {
                     let handles: Vec<_> = pools
                         .iter()
-                        .map(|&(pool, share)| scope.spawn(move || run_worker(pool, share)))
+                        .map(|&(pool, share)| scope.spawn(move || run_worker(pool, share, None)))
                         .collect();
                     for handle in handles {
                         let _ = handle.join();
@@ -367,11 +373,17 @@ impl Downloader {
         pool: &Pool,
         share: &AtomicU64,
         expected: &Expected,
+        primed: Option<Primed>,
     ) -> Result<(), Outcome> {
         let entry = task.entry;
-        let mut conn = pool
-            .get()
-            .map_err(|e| self.request_failed(entry, e, pool))?;
+        let (mut conn, asked) = match primed {
+            Some(primed) => (primed.conn, Some(primed.pieces)),
+            None => (
+                pool.get()
+                    .map_err(|e| self.request_failed(entry, e, pool))?,
+                None,
+            ),
+        };
         let mut buf = PieceBuf::default();
         let mut read_digests = |conn: &mut Connection| {
             let pieces = conn.pieces_reply(&entry.name, entry.size)?;
@@ -385,8 +397,13 @@ impl Downloader {
         };
         let result = {
             let _registered = self.shutdown.register(conn.stream());
-            conn.ask_pieces(&entry.name).and_then(|()| {
-                fetcher::run_after(&mut conn, task, &mut buf, share, &mut read_digests)
+            // A primed connection asked for the digests already.
+            let asked = match asked {
+                Some(pieces) => Ok(pieces),
+                None => conn.ask_pieces(&entry.name).map(|()| Vec::new()),
+            };
+            asked.and_then(|asked| {
+                fetcher::run_after(&mut conn, task, &mut buf, share, asked, &mut read_digests)
             })
         };
         match result {
@@ -493,7 +510,13 @@ impl Downloader {
 
     /// One connection's life within a download: (re)connect with backoff
     /// and work until no piece is left. Returns the last error if it gave up.
-    fn worker(&self, task: &FileTask<'_>, pool: &Pool, share: &AtomicU64) -> Result<(), String> {
+    fn worker(
+        &self,
+        task: &FileTask<'_>,
+        pool: &Pool,
+        share: &AtomicU64,
+        mut primed: Option<Primed>,
+    ) -> Result<(), String> {
         let mut failures = 0u32;
         let mut buf = PieceBuf::default();
         loop {
@@ -502,9 +525,16 @@ impl Downloader {
                 return Ok(());
             }
             if task.queue.stopped().is_some() || task.queue.remaining() == 0 {
+                if let Some(primed) = primed.take() {
+                    task.queue.give_back(primed.pieces);
+                }
                 return Ok(());
             }
-            let mut conn = match pool.get() {
+            let (got, asked) = match primed.take() {
+                Some(primed) => (Ok(primed.conn), primed.pieces),
+                None => (pool.get(), Vec::new()),
+            };
+            let mut conn = match got {
                 Ok(conn) => conn,
                 Err(e) => {
                     failures += 1;
@@ -518,7 +548,7 @@ impl Downloader {
             };
             let result = {
                 let _registered = self.shutdown.register(conn.stream());
-                fetcher::run(&mut conn, task, &mut buf, share)
+                fetcher::run(&mut conn, task, &mut buf, share, asked)
             };
             match result {
                 Ok(()) => {
@@ -606,6 +636,87 @@ impl Downloader {
             fetched,
         }))
     }
+}
+
+/// The connections of `pool` primed for `entry` by `--once`'s head
+/// start, taken over: the one that asked for the digests (for the lead
+/// worker) and up to `others` that asked for pieces only. Their pieces
+/// are recorded as asked for. Any other primed connection goes back to
+/// the pool, where its answers are read and dropped.
+fn take_primed(
+    pool: &Pool,
+    entry: &Entry,
+    others: usize,
+    queue: &PieceQueue,
+) -> (Option<Primed>, Vec<Primed>) {
+    let (mut lead, mut rest) = (None, Vec::new());
+    for mut conn in pool.take_primed(&entry.name) {
+        let Some((digests, pieces)) = fits(entry, conn.ahead()) else {
+            pool.put(conn);
+            continue;
+        };
+        let slot_free = if digests {
+            lead.is_none()
+        } else {
+            rest.len() < others
+        };
+        if !slot_free {
+            pool.put(conn);
+            continue;
+        }
+        conn.take_ahead();
+        queue.asked(&pieces);
+        let primed = Primed { conn, pieces };
+        if digests {
+            lead = Some(primed);
+        } else {
+            rest.push(primed);
+        }
+    }
+    if lead.is_some() || !rest.is_empty() {
+        debug!(
+            "{}: head start taken over on {} connection(s)",
+            entry.name,
+            rest.len() + usize::from(lead.is_some())
+        );
+    }
+    (lead, rest)
+}
+
+/// A connection whose requests sent ahead (`--once`'s head start) a
+/// download takes over: their answers come first on it.
+struct Primed {
+    conn: Connection,
+    /// Pieces asked for (after the digests, if those were asked for too).
+    pieces: Vec<u64>,
+}
+
+/// Whether requests sent ahead are, in order, what a download of `entry`
+/// would ask for: optionally the digests first, then whole pieces. Returns
+/// whether the digests were asked for, and the pieces.
+fn fits(entry: &Entry, ahead: &std::collections::VecDeque<Ahead>) -> Option<(bool, Vec<u64>)> {
+    let mut requests = ahead.iter().peekable();
+    let digests = matches!(requests.peek(), Some(Ahead::Pieces { .. }));
+    if digests {
+        requests.next();
+    }
+    let pieces = requests
+        .map(|request| match *request {
+            Ahead::Get { offset, length, .. } => piece_at(entry.size, offset, length),
+            Ahead::Pieces { .. } => None,
+        })
+        .collect::<Option<Vec<u64>>>()?;
+    Some((digests, pieces))
+}
+
+/// The piece that is exactly the range `offset`+`length` of a file of
+/// `size` bytes, if there is one.
+fn piece_at(size: u64, offset: u64, length: u64) -> Option<u64> {
+    let piece = offset / PIECE_SIZE;
+    (offset.is_multiple_of(PIECE_SIZE)
+        && piece < piece_count(size)
+        && piece_range(size, piece) == (offset, length))
+        .then_some(piece)
 }
 
 /// The per-piece digests `pool`'s server sent for `entry`, if they add up

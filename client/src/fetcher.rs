@@ -61,14 +61,17 @@ pub struct FileTask<'a> {
 
 /// Works on `task` over `conn` until no pieces are left for it. On error
 /// every piece this connection held goes back to the queue.
-/// `received` counts the bytes of pieces this connection landed.
+/// `received` counts the bytes of pieces this connection landed. `asked`
+/// are pieces already asked for on `conn` (and taken out of the queue),
+/// whose answers come first.
 pub fn run(
     conn: &mut Connection,
     task: &FileTask<'_>,
     buf: &mut PieceBuf,
     received: &AtomicU64,
+    asked: Vec<u64>,
 ) -> Result<(), RequestError> {
-    run_then(conn, task, buf, received, None)
+    run_then(conn, task, buf, received, asked, None)
 }
 
 /// Reads an answer still due on a connection before its first data.
@@ -83,9 +86,10 @@ pub fn run_after(
     task: &FileTask<'_>,
     buf: &mut PieceBuf,
     received: &AtomicU64,
+    asked: Vec<u64>,
     before_data: BeforeData<'_>,
 ) -> Result<(), RequestError> {
-    run_then(conn, task, buf, received, Some(before_data))
+    run_then(conn, task, buf, received, asked, Some(before_data))
 }
 
 fn run_then(
@@ -93,10 +97,11 @@ fn run_then(
     task: &FileTask<'_>,
     buf: &mut PieceBuf,
     received: &AtomicU64,
+    asked: Vec<u64>,
     before_data: Option<BeforeData<'_>>,
 ) -> Result<(), RequestError> {
     let depth = pipeline_depth(conn.rtt(), task.queue.remaining(), task.workers);
-    let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(depth);
+    let mut in_flight: VecDeque<u64> = asked.into();
     let result = pump(
         conn,
         task,
@@ -153,7 +158,7 @@ fn pump(
         if task.queue.stopped().is_some() {
             // Leave the connection in a clean state: drain what we asked for.
             while let Some(&piece) = in_flight.front() {
-                receive_discard(conn, task, piece, buf)?;
+                receive_discard(conn, task, piece)?;
                 in_flight.pop_front();
             }
             task.queue.give_back(std::mem::take(in_flight));
@@ -241,18 +246,10 @@ fn receive_discard(
     conn: &mut Connection,
     task: &FileTask<'_>,
     piece: u64,
-    buf: &mut PieceBuf,
 ) -> Result<(), RequestError> {
     let (_, length) = piece_range(task.entry.size, piece);
     conn.data_header(length)?;
-    let buf = buf.get(SLICE);
-    let mut left = length as usize;
-    while left > 0 {
-        let n = left.min(SLICE);
-        conn.data().read_exact(&mut buf[..n])?;
-        left -= n;
-    }
-    Ok(())
+    Ok(conn.skip_data(length)?)
 }
 
 #[cfg(test)]

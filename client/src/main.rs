@@ -10,6 +10,7 @@ mod connection;
 mod download;
 mod expected;
 mod fetcher;
+mod head_start;
 mod input;
 mod journal;
 mod lander;
@@ -36,7 +37,9 @@ use fastdl_support::shutdown::Shutdown;
 use log::{error, info, warn};
 
 use crate::cli::Args;
+use crate::connection::Ahead;
 use crate::download::Downloader;
+use crate::head_start::HeadStart;
 use crate::input::InputWatcher;
 use crate::pool::Pool;
 use crate::progress::Progress;
@@ -101,18 +104,46 @@ fn run(args: Args) -> Result<ExitCode> {
         progress,
         shutdown: Arc::clone(&shutdown),
     });
-    if args.once {
-        // There will be downloads: open their connections (all but the one
-        // the list comes over) while the lists are fetched, instead of one
-        // handshake per worker afterwards.
-        for index in 0..downloader.pools.len() {
+    // `--once` knows its names before the list: read them now.
+    let once_names = if args.once {
+        let content = input::read_input(&args.input)
+            .with_context(|| format!("cannot read {}", args.input.display()))?
+            .with_context(|| format!("{} does not exist", args.input.display()))?;
+        Some(input::parse_names(&content))
+    } else {
+        None
+    };
+    let head_start = once_names
+        .as_deref()
+        .and_then(|names| HeadStart::plan(names, &args.out, addrs.len(), args.plan))
+        .map(Arc::new);
+    // There will be downloads: open their connections (all but the one the
+    // list comes over) while the lists are fetched, instead of one
+    // handshake per worker afterwards, the first file's first pieces
+    // already asked for.
+    let warming: Vec<_> = (0..downloader.pools.len())
+        .filter(|_| args.once)
+        .map(|index| {
             let downloader = Arc::clone(&downloader);
-            std::thread::spawn(move || downloader.pools[index].warm(connections - 1));
-        }
-    }
-    let Some(lists) = first_lists(&downloader, &args, &shutdown)? else {
+            let head_start = head_start.clone();
+            std::thread::spawn(move || {
+                downloader.pools[index].warm(connections - 1, |i| {
+                    head_start
+                        .as_ref()
+                        .map_or_else(Vec::new, |h| h.with_warm(i))
+                })
+            })
+        })
+        .collect();
+    let with_list = head_start.as_ref().map_or_else(Vec::new, |h| h.with_list());
+    let Some(lists) = first_lists(&downloader, &args, &shutdown, &with_list)? else {
         return Ok(interrupted(args.once));
     };
+    // The first download takes the warmed connections over: they must be
+    // in the pool before it starts.
+    for warm in warming {
+        let _ = warm.join();
+    }
     print_lists(&lists);
 
     let poll = Duration::from_secs(args.poll);
@@ -131,11 +162,8 @@ fn run(args: Args) -> Result<ExitCode> {
     );
 
     let (names_tx, names_rx) = crossbeam_channel::unbounded();
-    if args.once {
-        let content = input::read_input(&args.input)
-            .with_context(|| format!("cannot read {}", args.input.display()))?
-            .with_context(|| format!("{} does not exist", args.input.display()))?;
-        let _ = names_tx.send(input::parse_names(&content));
+    if let Some(names) = once_names {
+        let _ = names_tx.send(names);
         drop(names_tx);
     } else {
         info!(
@@ -180,15 +208,16 @@ fn interrupted(once: bool) -> ExitCode {
 
 /// Fetches every server's list, retrying with backoff until at least one
 /// answers: forever in watch mode, up to `--retries` times with `--once`.
-/// `None` if interrupted.
+/// `ahead` goes out right after each `LIST` request. `None` if interrupted.
 fn first_lists(
     downloader: &Downloader,
     args: &Args,
     shutdown: &Shutdown,
+    ahead: &[Ahead],
 ) -> Result<Option<Vec<Option<Listing>>>> {
     let mut attempt = 0u64;
     loop {
-        let fetched = fetch_lists(downloader);
+        let fetched = fetch_lists(downloader, ahead);
         let mut errors = Vec::new();
         let lists: Vec<Option<Listing>> = fetched
             .into_iter()

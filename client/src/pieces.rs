@@ -66,6 +66,12 @@ impl PieceQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes pieces a connection asked for on its own (before it took
+    /// anything from the queue) out of the pending ones.
+    pub fn asked(&self, pieces: &[u64]) {
+        self.lock().pending.retain(|p| !pieces.contains(p));
+    }
+
     /// Takes the next piece without waiting.
     pub fn try_take(&self) -> Option<u64> {
         let mut state = self.lock();
@@ -185,6 +191,16 @@ mod tests {
         assert_eq!(q.remaining(), 0);
         assert_eq!(q.take(), None);
         assert!(q.digests().iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn pieces_asked_for_ahead_are_not_handed_out() {
+        let q = PieceQueue::new(4, vec![None; 4]);
+        q.asked(&[0, 2]);
+        assert_eq!(q.try_take(), Some(1));
+        assert_eq!(q.try_take(), Some(3));
+        assert_eq!(q.try_take(), None);
+        assert_eq!(q.remaining(), 4, "asked for is not landed");
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Reusing connections across files: a finished download hands its
 //! connections back here and the next one picks them up, so a queue of
 //! small files costs no handshake storm. `--once` also opens a download's
-//! connections here ahead of need, while the list is fetched.
+//! connections here ahead of need, while the list is fetched, each with its
+//! share of the first file's first pieces already asked for (a download
+//! takes those over with [`Pool::take_primed`]; anyone else gets the
+//! connection with those answers read and dropped).
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
-use crate::connection::{Connection, RequestError};
+use crate::connection::{Ahead, Connection, RequestError};
 
 pub struct Pool {
     addr: SocketAddr,
@@ -27,30 +30,50 @@ impl Pool {
         self.addr
     }
 
-    /// An idle connection, or a new one.
+    /// An idle connection with nothing left unread, or a new one.
     pub fn get(&self) -> Result<Connection, RequestError> {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        match idle {
-            Some(conn) => Ok(conn),
-            None => Connection::open(self.addr),
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some(mut conn) = idle else {
+                return Connection::open(self.addr);
+            };
+            if conn.settle().is_ok() {
+                return Ok(conn);
+            }
         }
     }
 
+    /// The idle connections whose requests sent ahead are all for `name`,
+    /// with those requests still unread: the download of `name` takes
+    /// their answers over.
+    pub fn take_primed(&self, name: &str) -> Vec<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let (primed, rest) = idle.drain(..).partition(|conn: &Connection| {
+            !conn.ahead().is_empty() && conn.ahead().iter().all(|a| a.name() == name)
+        });
+        *idle = rest;
+        primed
+    }
+
     /// Opens new connections, all at once, until `want` are idle, each
-    /// greeted before it joins the pool. Used by `--once` at startup, while
-    /// the list is fetched, so that the first download finds its
-    /// connections ready. Failures are left to the workers, which connect
-    /// (and report) themselves.
-    pub fn warm(&self, want: usize) {
+    /// greeted before it joins the pool; the `i`-th new one first sends
+    /// `ahead(i)`. Used by `--once` at startup, while the list is fetched,
+    /// so that the first download finds its connections ready and its
+    /// first pieces on their way. Failures are left to the workers, which
+    /// connect (and report) themselves.
+    pub fn warm(&self, want: usize, ahead: impl Fn(usize) -> Vec<Ahead> + Sync) {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
         let missing = want.min(self.max_idle).saturating_sub(idle);
+        let ahead = &ahead;
         std::thread::scope(|scope| {
-            for _ in 0..missing {
-                scope.spawn(|| {
-                    if let Ok(mut conn) = Connection::open(self.addr) {
-                        if conn.greet().is_ok() {
-                            self.put(conn);
-                        }
+            for i in 0..missing {
+                scope.spawn(move || {
+                    let Ok(mut conn) = Connection::open(self.addr) else {
+                        return;
+                    };
+                    let sent = ahead(i).into_iter().try_for_each(|a| conn.send_ahead(a));
+                    if sent.is_ok() && conn.greet().is_ok() {
+                        self.put(conn);
                     }
                 });
             }

@@ -16,6 +16,7 @@ use fastdl_protocol::{validate_name, Listing};
 use fastdl_support::shutdown::Shutdown;
 use log::{error, info, warn};
 
+use crate::connection::Ahead;
 use crate::download::{Downloader, Job, Outcome};
 use crate::lander;
 use crate::mirrors::{vote, Vote};
@@ -355,7 +356,7 @@ impl Scheduler {
     /// Fetches every server's list again and re-places the waiting names.
     fn refresh(&mut self) {
         self.next_refresh = Instant::now() + self.policy.poll;
-        let fetched = fetch_lists(&self.downloader);
+        let fetched = fetch_lists(&self.downloader, &[]);
         for (i, result) in fetched.into_iter().enumerate() {
             let addr = self.downloader.pools[i].addr();
             match result {
@@ -383,8 +384,9 @@ impl Scheduler {
     }
 }
 
-/// Fetches the list from every server at once.
-pub fn fetch_lists(downloader: &Downloader) -> Vec<Result<Listing, String>> {
+/// Fetches the list from every server at once, sending `ahead` right
+/// after each `LIST` request.
+pub fn fetch_lists(downloader: &Downloader, ahead: &[Ahead]) -> Vec<Result<Listing, String>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = downloader
             .pools
@@ -392,7 +394,7 @@ pub fn fetch_lists(downloader: &Downloader) -> Vec<Result<Listing, String>> {
             .map(|pool| {
                 scope.spawn(move || {
                     let fetched = pool.get().and_then(|mut conn| {
-                        let listing = conn.list();
+                        let listing = conn.list(ahead.to_vec());
                         if listing.is_ok() {
                             pool.put(conn);
                         }

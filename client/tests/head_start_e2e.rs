@@ -1,0 +1,83 @@
+//! `--once`'s head start against the real server: the first name's
+//! digests and first pieces are asked for while the list is on its way.
+//! When the guess is right the download takes the answers over (nothing is
+//! fetched twice); when it is wrong (the name is not listed, the file is
+//! shorter than the pieces asked for) the answers are dropped and every
+//! other name still arrives intact.
+
+mod common;
+
+use common::{assert_exit, Env};
+use fastdl_testkit::{hash_file, write_file};
+
+const MIB: usize = 1 << 20;
+
+/// The amount the log says a file's download fetched, e.g. "8.0 MiB".
+fn fetched(log: &str, name: &str) -> String {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(&format!("{name}: done")))
+        .unwrap_or_else(|| panic!("no done line for {name}:\n{log}"));
+    line.split(" verified, ")
+        .nth(1)
+        .and_then(|rest| rest.split(" fetched").next())
+        .unwrap_or_else(|| panic!("no fetched amount in {line:?}"))
+        .to_owned()
+}
+
+#[test]
+fn the_first_pieces_go_out_with_the_list_and_are_used() {
+    let env = Env::new();
+    let want = write_file(&env.res.join("big.bin"), 8 * MIB, 1);
+    let server = env.server(&[]);
+    env.write_input(&["big.bin"]);
+    let output = env.once(&server.url(), &["-v"]);
+    assert_exit(&output, 0, &env);
+    assert_eq!(hash_file(&env.out_path("big.bin")), want);
+    let log = env.log();
+    assert!(
+        log.contains("big.bin: head start taken over on 4 connection(s)"),
+        "{log}"
+    );
+    assert_eq!(fetched(&log, "big.bin"), "8.0 MiB", "nothing fetched twice");
+}
+
+#[test]
+fn a_first_name_that_is_not_listed_costs_nothing_else() {
+    let env = Env::new();
+    let short = write_file(&env.res.join("short.bin"), 3 * MIB / 2, 2);
+    let big = write_file(&env.res.join("big.bin"), 5 * MIB, 3);
+    let server = env.server(&[]);
+    env.write_input(&["absent.bin", "short.bin", "big.bin"]);
+    let output = env.once(&server.url(), &["-v"]);
+    assert_exit(&output, 1, &env);
+    assert!(common::stderr(&output).contains("absent.bin"));
+    assert_eq!(hash_file(&env.out_path("short.bin")), short);
+    assert_eq!(hash_file(&env.out_path("big.bin")), big);
+    let log = env.log();
+    assert!(!log.contains("head start taken over"), "{log}");
+    assert_eq!(fetched(&log, "big.bin"), "5.0 MiB");
+}
+
+#[test]
+fn a_first_file_shorter_than_the_guess_arrives_intact() {
+    let env = Env::new();
+    // 1.5 MiB: piece 0 was guessed right; the guesses for pieces 1..3 (whole
+    // MiBs) lie outside the file and are refused.
+    let short = write_file(&env.res.join("short.bin"), 3 * MIB / 2, 4);
+    let big = write_file(&env.res.join("big.bin"), 5 * MIB, 5);
+    let server = env.server(&[]);
+    env.write_input(&["short.bin", "big.bin"]);
+    let output = env.once(&server.url(), &["-v"]);
+    assert_exit(&output, 0, &env);
+    assert_eq!(hash_file(&env.out_path("short.bin")), short);
+    assert_eq!(hash_file(&env.out_path("big.bin")), big);
+    let log = env.log();
+    assert!(
+        log.contains("short.bin: head start taken over on 1 connection(s)"),
+        "{log}"
+    );
+    assert_eq!(fetched(&log, "short.bin"), "1.5 MiB");
+    assert_eq!(fetched(&log, "big.bin"), "5.0 MiB");
+}
