@@ -2,8 +2,9 @@
 //! written to input.txt, verified, into the output folder.
 //!
 //! Wiring only: options, logging and progress, the connection pools (warmed
-//! at startup in `--once` mode), the first list, the input watcher, the
-//! scheduler, Ctrl-C and the exit status.
+//! at startup in `--once` mode, with the first name's head start), the
+//! first list, the input watcher, the scheduler, Ctrl-C and the exit
+//! status.
 
 mod cli;
 mod connection;
