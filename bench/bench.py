@@ -270,21 +270,32 @@ def timed(cmd, *, logbase, timeout, netns=None, sync_files=None, sync_fs=None,
     with open(out_path, "wb") as fo, open(err_path, "wb") as fe:
         t0 = time.perf_counter()
         p = popen(full, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL)
-        try:
-            rc = p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        # Popen.wait(timeout=...) polls with sleeps of up to 50 ms, which
+        # would round every time up by as much; block in waitpid instead
+        # and let a timer kill the command at its deadline.
+        expired = threading.Event()
+
+        def expire():
+            expired.set()
             kill_group(p)
-            p.wait()
-            forget(p)
-            err = f"timeout after {timeout} s (killed)"
-            more = extra_err() if extra_err else ""
-            return Result(False, None, None, err + (f"; {more}" if more else ""))
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            rc = p.wait()
         except BaseException:
             kill_group(p)
             p.wait()
             forget(p)
             raise
+        finally:
+            timer.cancel()
         forget(p)
+        if expired.is_set():
+            err = f"timeout after {timeout} s (killed)"
+            more = extra_err() if extra_err else ""
+            return Result(False, None, None, err + (f"; {more}" if more else ""))
         if rc == 0 and sync_files:
             sh(["sync", *sync_files])
         if rc == 0 and sync_fs:
