@@ -36,10 +36,17 @@ fn the_first_pieces_go_out_with_the_list_and_are_used() {
     assert_exit(&output, 0, &env);
     assert_eq!(hash_file(&env.out_path("big.bin")), want);
     let log = env.log();
-    assert!(
-        log.contains("big.bin: head start taken over on 4 connection(s)"),
-        "{log}"
-    );
+    // The list connection and the warmed ones (3 by default) take their
+    // answers over. A warmed connection that is not ready in time is left
+    // out (the workers connect on their own), so at least the list
+    // connection and one warmed one must have been used.
+    let taken: usize = log
+        .lines()
+        .find_map(|l| l.split("big.bin: head start taken over on ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no head start taken over:\n{log}"));
+    assert!((2..=4).contains(&taken), "{log}");
     assert_eq!(fetched(&log, "big.bin"), "8.0 MiB", "nothing fetched twice");
 }
 
