@@ -12,17 +12,21 @@ use fastdl_testkit::{hash_file, write_file};
 
 const MIB: usize = 1 << 20;
 
+/// The text between `start` and `end` on the last log line holding `start`.
+fn logged_between<'a>(log: &'a str, start: &str, end: &str) -> &'a str {
+    log.lines()
+        .rev()
+        .find_map(|l| l.split(start).nth(1))
+        .and_then(|rest| rest.split(end).next())
+        .unwrap_or_else(|| panic!("no {start:?}...{end:?} in the log:\n{log}"))
+}
+
 /// The amount the log says a file's download fetched, e.g. "8.0 MiB".
 fn fetched(log: &str, name: &str) -> String {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains(&format!("{name}: done")))
-        .unwrap_or_else(|| panic!("no done line for {name}:\n{log}"));
-    line.split(" verified, ")
+    logged_between(log, &format!("{name}: done, "), " fetched")
+        .split(" verified, ")
         .nth(1)
-        .and_then(|rest| rest.split(" fetched").next())
-        .unwrap_or_else(|| panic!("no fetched amount in {line:?}"))
+        .unwrap_or_else(|| panic!("no fetched amount for {name}:\n{log}"))
         .to_owned()
 }
 
@@ -40,12 +44,9 @@ fn the_first_pieces_go_out_with_the_list_and_are_used() {
     // answers over. A warmed connection that is not ready in time is left
     // out (the workers connect on their own), so at least the list
     // connection and one warmed one must have been used.
-    let taken: usize = log
-        .lines()
-        .find_map(|l| l.split("big.bin: head start taken over on ").nth(1))
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no head start taken over:\n{log}"));
+    let taken: usize = logged_between(&log, "big.bin: head start taken over on ", " ")
+        .parse()
+        .unwrap_or_else(|e| panic!("connection count: {e}\n{log}"));
     assert!((2..=4).contains(&taken), "{log}");
     assert_eq!(fetched(&log, "big.bin"), "8.0 MiB", "nothing fetched twice");
 }
