@@ -18,8 +18,9 @@ use log::{debug, info, warn};
 
 use crate::connection::{Ahead, Connection, RequestError};
 use crate::expected::Expected;
-use crate::fetcher::{self, FileTask};
+use crate::fetcher::{self, Ended, FileTask};
 use crate::journal::{self, Journal};
+use crate::leftovers::Leftovers;
 use crate::piece_writer::{PieceBuf, PieceWriter};
 use crate::pieces::{PieceQueue, Stop};
 use crate::plan;
@@ -153,6 +154,7 @@ impl Downloader {
         let queue = PieceQueue::new(count, have);
         let progress = self.progress.start_file(&entry.name, entry.size, already);
         let writer = PieceWriter::new(&part, entry.size);
+        let leftovers = Leftovers::default();
         let task = FileTask {
             entry,
             writer: &writer,
@@ -161,6 +163,7 @@ impl Downloader {
             progress: &progress,
             limit: self.limit.as_ref(),
             workers: self.connections * servers.len(),
+            leftovers: &leftovers,
         };
         if self.plan && count > 0 {
             if already > 0 {
@@ -267,6 +270,13 @@ impl Downloader {
         });
         let fetched = progress.fetched();
         let rate = progress.rate();
+        if progress.copies() > 0 {
+            info!(
+                "{}: end game: pieces held up on a slow connection were asked for twice; {} of copies not used",
+                entry.name,
+                human_bytes(progress.copies())
+            );
+        }
         drop(progress);
         if let Some(outcome) = early {
             return outcome;
@@ -407,8 +417,10 @@ impl Downloader {
             })
         };
         match result {
-            Ok(()) => {
-                pool.put(conn);
+            Ok(ended) => {
+                if ended == Ended::Clean {
+                    pool.put(conn);
+                }
                 Ok(())
             }
             Err(e) if expected.is_pending() => Err(self.request_failed(entry, e, pool)),
@@ -551,8 +563,10 @@ impl Downloader {
                 fetcher::run(&mut conn, task, &mut buf, share, asked)
             };
             match result {
-                Ok(()) => {
-                    pool.put(conn);
+                Ok(ended) => {
+                    if ended == Ended::Clean {
+                        pool.put(conn);
+                    }
                     return Ok(());
                 }
                 Err(RequestError::WrongInput(why)) => {

@@ -4,6 +4,9 @@
 //! bandwidth-delay product, never more than its share of the file), hash
 //! each piece while its bytes arrive, verify it (waiting for its digest if
 //! that is still on its way), and write it at its offset in the part file.
+//! With nothing left to take, it asks for copies of pieces held up on
+//! slower connections (the end game), and once every piece has landed it
+//! leaves whatever copies are still coming.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -16,6 +19,7 @@ use log::warn;
 
 use crate::connection::{Connection, RequestError};
 use crate::expected::Expected;
+use crate::leftovers::Leftovers;
 use crate::piece_writer::{PieceBuf, PieceWriter};
 use crate::pieces::{PieceQueue, Stop};
 use crate::progress::FileProgress;
@@ -42,6 +46,10 @@ fn pipeline_depth(rtt: Duration, pieces: u64, workers: usize) -> usize {
         .min(usize::try_from(share).unwrap_or(usize::MAX))
 }
 
+/// Copies (end game) one connection asks for at a time: one arriving
+/// while the next is on its way.
+const COPY_DEPTH: usize = 2;
+
 /// Bytes read from the socket at a time (hashing and progress follow).
 const SLICE: usize = 256 * 1024;
 
@@ -57,6 +65,18 @@ pub struct FileTask<'a> {
     pub limit: Option<&'a RateLimit>,
     /// How many connections share the queue (at most).
     pub workers: usize,
+    /// Connections still receiving copies at the end.
+    pub leftovers: &'a Leftovers,
+}
+
+/// How a connection's share of a download ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every answer was read: the connection can be reused.
+    Clean,
+    /// It was left (or cut) with copies nobody needs still coming: it
+    /// cannot be reused.
+    Spent,
 }
 
 /// Works on `task` over `conn` until no pieces are left for it. On error
@@ -70,7 +90,7 @@ pub fn run(
     buf: &mut PieceBuf,
     received: &AtomicU64,
     asked: Vec<u64>,
-) -> Result<(), RequestError> {
+) -> Result<Ended, RequestError> {
     run_then(conn, task, buf, received, asked, None)
 }
 
@@ -88,7 +108,7 @@ pub fn run_after(
     received: &AtomicU64,
     asked: Vec<u64>,
     before_data: BeforeData<'_>,
-) -> Result<(), RequestError> {
+) -> Result<Ended, RequestError> {
     run_then(conn, task, buf, received, asked, Some(before_data))
 }
 
@@ -99,44 +119,63 @@ fn run_then(
     received: &AtomicU64,
     asked: Vec<u64>,
     before_data: Option<BeforeData<'_>>,
-) -> Result<(), RequestError> {
+) -> Result<Ended, RequestError> {
+    let me = task.queue.taker();
+    task.queue.held(me, &asked);
     let depth = pipeline_depth(conn.rtt(), task.queue.remaining(), task.workers);
     let mut in_flight: VecDeque<u64> = asked.into();
     let result = pump(
         conn,
         task,
         buf,
-        depth,
+        (me, depth),
         &mut in_flight,
         received,
         before_data,
     );
-    if result.is_err() {
-        task.queue.give_back(in_flight.drain(..).rev());
+    match result {
+        Ok(ended) => Ok(ended),
+        // Cut because every piece landed: nothing it waited for is needed.
+        Err(_) if task.leftovers.was_cut(me) => Ok(Ended::Spent),
+        Err(e) => {
+            task.leftovers.answered(me);
+            task.queue.give_back(in_flight.drain(..).rev());
+            Err(e)
+        }
     }
-    result
 }
 
 fn pump(
     conn: &mut Connection,
     task: &FileTask<'_>,
     buf: &mut PieceBuf,
-    depth: usize,
+    (me, depth): (usize, usize),
     in_flight: &mut VecDeque<u64>,
     received: &AtomicU64,
     mut before_data: Option<BeforeData<'_>>,
-) -> Result<(), RequestError> {
+) -> Result<Ended, RequestError> {
     let size = task.entry.size;
+    // Signed up with the leftovers: answers are due on this connection.
+    let mut due = false;
     loop {
         while in_flight.len() < depth {
-            // Waiting for a piece to come back is only for a connection with
-            // nothing else to do: one that still owes the digests must not
-            // wait for pieces that themselves wait for those digests.
-            let next = if in_flight.is_empty() && before_data.is_none() {
-                task.queue.take()
-            } else {
-                task.queue.try_take()
-            };
+            let next = task.queue.try_take(me).or_else(|| {
+                // A connection that still owes the digests must not wait
+                // for pieces that themselves wait for those digests.
+                if before_data.is_some() {
+                    return None;
+                }
+                let copy = (in_flight.len() < COPY_DEPTH)
+                    .then(|| task.queue.take_copy(me, conn.rtt()))
+                    .flatten();
+                // Waiting for a piece to come back is only for a
+                // connection with nothing else to do.
+                copy.or_else(|| {
+                    in_flight
+                        .is_empty()
+                        .then(|| task.queue.take(me, conn.rtt()))?
+                })
+            });
             let Some(piece) = next else { break };
             in_flight.push_back(piece);
             let (offset, length) = piece_range(size, piece);
@@ -146,15 +185,33 @@ fn pump(
                 name: task.entry.name.clone(),
             })?;
         }
+        if !due && !in_flight.is_empty() {
+            task.leftovers.waiting(me, conn.stream());
+            due = true;
+        }
         if let Some(read_first) = before_data.take() {
             read_first(conn)?;
         }
         let Some(&piece) = in_flight.front() else {
-            return Ok(());
+            return Ok(Ended::Clean);
         };
-        receive(conn, task, piece, buf)?;
-        received.fetch_add(piece_range(task.entry.size, piece).1, Ordering::Relaxed);
+        if receive(conn, task, piece, buf, me)? {
+            received.fetch_add(piece_range(task.entry.size, piece).1, Ordering::Relaxed);
+        }
         in_flight.pop_front();
+        if in_flight.is_empty() {
+            due = false;
+            if task.leftovers.answered(me) {
+                return Ok(Ended::Spent);
+            }
+        }
+        if task.queue.remaining() == 0 {
+            // Every piece landed: what is still due here are copies.
+            task.leftovers.all_landed();
+            if !in_flight.is_empty() {
+                return Ok(Ended::Spent);
+            }
+        }
         if task.queue.stopped().is_some() {
             // Leave the connection in a clean state: drain what we asked for.
             while let Some(&piece) = in_flight.front() {
@@ -162,37 +219,50 @@ fn pump(
                 in_flight.pop_front();
             }
             task.queue.give_back(std::mem::take(in_flight));
-            return Ok(());
+            if due && task.leftovers.answered(me) {
+                return Ok(Ended::Spent);
+            }
+            return Ok(Ended::Clean);
         }
     }
 }
 
-/// Receives one requested piece over a control connection.
+/// Receives one requested piece over a control connection; true if it
+/// was this copy that landed.
 fn receive(
     conn: &mut Connection,
     task: &FileTask<'_>,
     piece: u64,
     buf: &mut PieceBuf,
-) -> Result<(), RequestError> {
+    me: usize,
+) -> Result<bool, RequestError> {
     let (_, length) = piece_range(task.entry.size, piece);
     conn.data_header(length)?;
     let peer = conn.peer();
-    land_piece(conn.data(), task, piece, buf, &peer)?;
-    Ok(())
+    Ok(land_piece(
+        conn.data(),
+        task,
+        (piece, Some(me)),
+        buf,
+        &peer,
+    )?)
 }
 
 /// Reads piece `piece` (exactly its length) from `reader`, hashing while
 /// the bytes arrive; a piece that matches its digest is written at its
 /// offset and recorded, a bad one goes back to the queue. Only an error of
 /// the reader is returned: verification and write problems are recorded in
-/// the queue. `source` names where the bytes came from, for the log.
+/// the queue. `source` names where the bytes came from, for the log, and
+/// `by` the taker that asked for it (none for a plan stream). Returns
+/// whether this copy landed (false: it failed, or another copy of the piece
+/// had landed first).
 pub fn land_piece(
     reader: &mut impl Read,
     task: &FileTask<'_>,
-    piece: u64,
+    (piece, by): (u64, Option<usize>),
     buf: &mut PieceBuf,
     source: &dyn std::fmt::Display,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
     let (offset, length) = piece_range(task.entry.size, piece);
     let length = length as usize;
     let buf = buf.get(length);
@@ -205,7 +275,17 @@ pub fn land_piece(
             limit.acquire(want);
         }
         let slice = &mut buf[got..got + want];
-        reader.read_exact(slice)?;
+        if let Err(e) = reader.read_exact(slice) {
+            if task.queue.landed(piece) {
+                // A copy cut off (the end game): another one landed.
+                task.progress.copy_not_used(got as u64);
+            } else {
+                // This piece will be fetched again: its bytes so far do not
+                // count towards the file.
+                task.progress.take_back(got as u64);
+            }
+            return Err(e);
+        }
         hasher.update(slice);
         got += want;
         task.progress.add(want as u64);
@@ -215,7 +295,7 @@ pub fn land_piece(
         // The digests will not come, and the download has been stopped.
         task.progress.take_back(length as u64);
         task.queue.give_back([piece]);
-        return Ok(());
+        return Ok(false);
     };
     if digest != want {
         task.progress.take_back(length as u64);
@@ -230,15 +310,24 @@ pub fn land_piece(
                 task.entry.name
             );
         }
-        return Ok(());
+        return Ok(false);
+    }
+    if task.queue.landed(piece) {
+        // Another copy (end game) landed first.
+        task.progress.copy_not_used(length as u64);
+        return Ok(false);
     }
     if let Err(e) = task.writer.write_at(buf, offset) {
         task.queue.give_back([piece]);
         task.queue.stop(Stop::Local(e.to_string()));
-        return Ok(());
+        return Ok(false);
     }
-    task.queue.complete(piece, digest);
-    Ok(())
+    if !task.queue.complete(piece, digest, by) {
+        // Both copies verified at once; the other one counted.
+        task.progress.copy_not_used(length as u64);
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Reads and drops one requested piece (after the download stopped).

@@ -15,6 +15,7 @@ mod head_start;
 mod input;
 mod journal;
 mod lander;
+mod leftovers;
 mod mirrors;
 mod piece_writer;
 mod pieces;

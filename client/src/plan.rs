@@ -150,7 +150,7 @@ impl Stream<'_> {
                     ),
                 )));
             }
-            land_piece(&mut reader, task, frame.chunk, &mut buf, &addr)?;
+            land_piece(&mut reader, task, (frame.chunk, None), &mut buf, &addr)?;
             if task.queue.stopped().is_some() {
                 break;
             }

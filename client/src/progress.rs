@@ -105,6 +105,7 @@ impl Progress {
             size,
             received: AtomicU64::new(already),
             fetched: AtomicU64::new(0),
+            copies: AtomicU64::new(0),
             started: Instant::now(),
             last_line: Mutex::new(Instant::now()),
         }
@@ -119,6 +120,7 @@ pub struct FileProgress<'a> {
     size: u64,
     received: AtomicU64,
     fetched: AtomicU64,
+    copies: AtomicU64,
     started: Instant,
     last_line: Mutex<Instant>,
 }
@@ -159,6 +161,19 @@ impl FileProgress<'_> {
         if let Some(bar) = &self.bar {
             bar.set_position(received);
         }
+    }
+
+    /// Takes back bytes of a piece that had landed by another copy (the
+    /// end game): they count as copies, not as fetched.
+    pub fn copy_not_used(&self, n: u64) {
+        self.take_back(n);
+        self.fetched.fetch_sub(n, Ordering::Relaxed);
+        self.copies.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes received for pieces that had landed by another copy.
+    pub fn copies(&self) -> u64 {
+        self.copies.load(Ordering::Relaxed)
     }
 
     /// Average rate since the start, in bytes per second.

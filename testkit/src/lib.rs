@@ -313,40 +313,82 @@ pub struct FlipProxy {
 impl FlipProxy {
     pub fn start(target: SocketAddr, flip_at: u64) -> FlipProxy {
         use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
-        let addr = listener.local_addr().expect("proxy addr");
-        let flipped = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&flipped);
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(server) = std::net::TcpStream::connect(target) else {
-                    continue;
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pipe(c2, s2, None));
-                let flag = Arc::clone(&flag);
-                std::thread::spawn(move || {
-                    pipe(
-                        server,
-                        client,
-                        Some(Box::new(move |pos: u64, buf: &mut [u8]| {
-                            let end = pos + buf.len() as u64;
-                            if flip_at >= pos && flip_at < end && !flag.swap(true, Ordering::SeqCst)
-                            {
-                                buf[(flip_at - pos) as usize] ^= 0x55;
-                            }
-                        })),
-                    )
-                });
-            }
+        let flipped = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&flipped);
+        let addr = start_proxy(target, move |_| {
+            let flag = std::sync::Arc::clone(&flag);
+            Box::new(move |pos: u64, buf: &mut [u8]| {
+                let end = pos + buf.len() as u64;
+                if flip_at >= pos && flip_at < end && !flag.swap(true, Ordering::SeqCst) {
+                    buf[(flip_at - pos) as usize] ^= 0x55;
+                }
+                buf.len()
+            })
         });
         FlipProxy { addr, flipped }
     }
 }
 
-type Tamper = Box<dyn FnMut(u64, &mut [u8]) + Send>;
+/// A TCP proxy on 127.0.0.1 that forwards to `target`, except that the
+/// `stall`-th connection it accepts (counting from 0) stops passing the
+/// server's bytes on after `after` of them: the connection stays open, but
+/// nothing more arrives on it (what the server sends is read and dropped).
+/// Used to show that one stuck connection does not hold up a download.
+pub struct StallProxy {
+    pub addr: SocketAddr,
+    /// Set once the stalled connection has stopped passing bytes on.
+    pub stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallProxy {
+    pub fn start(target: SocketAddr, stall: usize, after: u64) -> StallProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stalled = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stalled);
+        let addr = start_proxy(target, move |index| {
+            let flag = std::sync::Arc::clone(&flag);
+            Box::new(move |pos: u64, buf: &mut [u8]| {
+                if index != stall {
+                    return buf.len();
+                }
+                let pass = (after.saturating_sub(pos) as usize).min(buf.len());
+                if pass < buf.len() {
+                    flag.store(true, Ordering::SeqCst);
+                }
+                pass
+            })
+        });
+        StallProxy { addr, stalled }
+    }
+}
+
+/// Looks at (and may change) the server's bytes at stream offset `pos`,
+/// and says how many of them to pass on.
+type Tamper = Box<dyn FnMut(u64, &mut [u8]) -> usize + Send>;
+
+/// Starts a proxy on 127.0.0.1 forwarding to `target`: the client's bytes
+/// pass untouched, the server's through `tamper(index)` for the index-th
+/// connection accepted. Returns the proxy's address.
+fn start_proxy(
+    target: SocketAddr,
+    tamper: impl Fn(usize) -> Tamper + Send + 'static,
+) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+    let addr = listener.local_addr().expect("proxy addr");
+    std::thread::spawn(move || {
+        for (index, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { return };
+            let Ok(server) = std::net::TcpStream::connect(target) else {
+                continue;
+            };
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || pipe(c2, s2, None));
+            let tamper = tamper(index);
+            std::thread::spawn(move || pipe(server, client, Some(tamper)));
+        }
+    });
+    addr
+}
 
 fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, mut tamper: Option<Tamper>) {
     use std::io::Read;
@@ -357,11 +399,12 @@ fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, mut tamper: 
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if let Some(t) = tamper.as_mut() {
-            t(pos, &mut buf[..n]);
-        }
+        let pass = match tamper.as_mut() {
+            Some(t) => t(pos, &mut buf[..n]),
+            None => n,
+        };
         pos += n as u64;
-        if to.write_all(&buf[..n]).is_err() {
+        if to.write_all(&buf[..pass]).is_err() {
             break;
         }
     }
