@@ -394,7 +394,7 @@ impl Downloader {
                 None,
             ),
         };
-        let mut buf = PieceBuf::default();
+        let mut buf = PieceBuf::reuse();
         let mut read_digests = |conn: &mut Connection| {
             let pieces = conn.pieces_reply(&entry.name, entry.size)?;
             let pieces =
@@ -530,7 +530,7 @@ impl Downloader {
         mut primed: Option<Primed>,
     ) -> Result<(), String> {
         let mut failures = 0u32;
-        let mut buf = PieceBuf::default();
+        let mut buf = PieceBuf::reuse();
         loop {
             if self.shutdown.is_requested() {
                 task.queue.stop(Stop::Cancelled);

@@ -107,14 +107,39 @@ fn reopen_direct(part: &File) -> io::Result<File> {
         .open(format!("/proc/self/fd/{}", part.as_raw_fd()))
 }
 
-/// A buffer for one piece whose start is aligned for direct I/O.
+/// A buffer for one piece whose start is aligned for direct I/O. Dropped,
+/// its memory is kept for the next buffer this thread asks for
+/// ([`PieceBuf::reuse`]), so that a thread downloading one small file after
+/// another does not allocate and zero a piece's worth of memory per file.
 #[derive(Default)]
 pub struct PieceBuf {
     raw: Vec<u8>,
     start: usize,
 }
 
+thread_local! {
+    /// The memory of this thread's last dropped piece buffer.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Drop for PieceBuf {
+    fn drop(&mut self) {
+        let raw = std::mem::take(&mut self.raw);
+        if !raw.is_empty() {
+            // During thread exit the slot may be gone; the memory is freed then.
+            let _ = SPARE.try_with(|spare| spare.set(raw));
+        }
+    }
+}
+
 impl PieceBuf {
+    /// A buffer holding this thread's spare memory, if it has some.
+    pub fn reuse() -> PieceBuf {
+        let raw = SPARE.try_with(|spare| spare.take()).unwrap_or_default();
+        let start = raw.as_ptr().align_offset(ALIGN);
+        PieceBuf { raw, start }
+    }
+
     /// The first `len` bytes of the buffer (growing it as needed). Their
     /// start is aligned to [`ALIGN`].
     pub fn get(&mut self, len: usize) -> &mut [u8] {
@@ -131,6 +156,18 @@ impl PieceBuf {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn a_dropped_buffer_is_reused_by_the_same_thread() {
+        let mut first = PieceBuf::reuse();
+        let ptr = first.get(10).as_ptr();
+        drop(first);
+        let mut again = PieceBuf::reuse();
+        assert_eq!(again.get(PIECE_SIZE as usize).as_ptr(), ptr);
+        assert_eq!(again.get(10).as_ptr() as usize % ALIGN, 0);
+        let elsewhere = std::thread::spawn(|| PieceBuf::reuse().raw.len());
+        assert_eq!(elsewhere.join().unwrap(), 0, "other threads start empty");
+    }
 
     #[test]
     fn piece_buffers_are_aligned_and_sized() {

@@ -129,7 +129,7 @@ impl Stream<'_> {
                 )))
             }
         }
-        let mut buf = PieceBuf::default();
+        let mut buf = PieceBuf::reuse();
         for _ in 0..expected {
             let mut header = [0u8; FrameHeader::LEN];
             reader.read_exact(&mut header)?;
