@@ -893,9 +893,9 @@ def case_wan(cfg, have):
                 "netns": "dl-cli", "timeout": cfg.timeout_wan,
                 "sync_files": [os.path.join(out, "wan.bin")],
                 "check": size_check(os.path.join(out, "wan.bin"), size)}))
-        log(f"case 3: WAN ({backend}) {cfg.wan_mib} MiB, {cfg.runs} run(s), tools: "
+        log(f"case 3: WAN ({backend}) {cfg.wan_mib} MiB, {cfg.wan_runs} run(s), tools: "
             + ", ".join(t for t, _ in tools))
-        res = run_interleaved(case, tools, cfg.runs, os.path.join(wd, "out"), wd, sources)
+        res = run_interleaved(case, tools, cfg.wan_runs, os.path.join(wd, "out"), wd, sources)
     finally:
         if srv:
             srv.stop()
@@ -1200,7 +1200,7 @@ def main():
     ap = argparse.ArgumentParser(description="fastdl benchmark harness (see bench/README.md)",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Environment: QUICK=1, RUNS=N, CASES=1,2,3,4,5, BENCH_DIR=/tmp/fastdl-bench, "
-                                        "NO_BUILD=1, NO_INSTALL=1, PICKUP_SAMPLES=N")
+                                        "NO_BUILD=1, NO_INSTALL=1, PICKUP_SAMPLES=N, WAN_RUNS=N")
     ap.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"),
                     help="1 run, small sizes (also QUICK=1)")
     ap.add_argument("--runs", type=int, default=None, help="runs per tool (RUNS=N; default 3, quick 1)")
@@ -1214,6 +1214,9 @@ def main():
                     help="never apt-get install missing anchors (NO_INSTALL=1)")
     cfg = ap.parse_args()
     cfg.runs = cfg.runs or env_int("RUNS", 1 if cfg.quick else 3)
+    # Case 3 takes a few seconds per round and aria2c's time on it is bimodal
+    # (1.3 s or 1.8 s, run to run), so it gets three times the rounds by default.
+    cfg.wan_runs = env_int("WAN_RUNS", 3 * cfg.runs)
     cases = {int(x) for x in cfg.cases.split(",") if x.strip()}
     q = cfg.quick
     cfg.big_mib = 128 if q else 1024
@@ -1323,7 +1326,7 @@ def main():
                        "interleaved runs more than the absolute numbers."
                        if any(b > 10 for _, b, _ in LOADS) else "."))
     head = (f"fastdl benchmark, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
-            f"{machine_info()}; fastdl {git_rev()}; runs per tool: {cfg.runs}"
+            f"{machine_info()}; fastdl {git_rev()}; runs per tool: {cfg.runs} (case 3: {cfg.wan_runs})"
             f"{' (QUICK: small sizes)' if q else ''}; load average {' '.join(load0)} at start, "
             f"{' '.join(load1)} at end; took {elapsed / 60:.1f} min"
             + ("; INTERRUPTED" if interrupted else ""))
