@@ -5,9 +5,7 @@
 //! shorter than the pieces asked for) the answers are dropped and every
 //! other name still arrives intact.
 
-mod common;
-
-use common::{assert_exit, Env};
+use crate::helpers::{assert_exit, Env};
 use fastdl_testkit::{hash_file, write_file};
 
 const MIB: usize = 1 << 20;
@@ -60,7 +58,7 @@ fn a_first_name_that_is_not_listed_costs_nothing_else() {
     env.write_input(&["absent.bin", "short.bin", "big.bin"]);
     let output = env.once(&server.url(), &["-v"]);
     assert_exit(&output, 1, &env);
-    assert!(common::stderr(&output).contains("absent.bin"));
+    assert!(crate::helpers::stderr(&output).contains("absent.bin"));
     assert_eq!(hash_file(&env.out_path("short.bin")), short);
     assert_eq!(hash_file(&env.out_path("big.bin")), big);
     let log = env.log();

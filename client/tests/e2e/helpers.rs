@@ -3,9 +3,6 @@
 //! (`srv/`) and the client's work folder (`work/`: input.txt, client.log,
 //! and the output folder `data/`).
 
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -2,13 +2,11 @@
 //! `fastdl-server`: sizes and names, exit codes, the existing-file rules,
 //! path tricks, several clients at once, `--limit-rate`, and a dead server.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{assert_exit, stderr, stdout, tree, Env};
+use crate::helpers::{assert_exit, stderr, stdout, tree, Env};
 use fastdl_testkit::{
     client, hash_file, run_with_deadline, visible_files, wait_until, write_file, DEADLINE,
 };

@@ -2,12 +2,10 @@
 //! names appended to input.txt, input.txt replaced by rename, names the
 //! server lists only later, and Ctrl-C in the middle of a download.
 
-mod common;
-
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::{assert_exit, tree, Env, WATCH_DEADLINE};
+use crate::helpers::{assert_exit, tree, Env, WATCH_DEADLINE};
 use fastdl_testkit::{client, hash_file, visible_files, wait_until, write_file, Running};
 use rustix::process::Signal;
 

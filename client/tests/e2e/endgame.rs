@@ -4,12 +4,10 @@
 //! connections run out of pieces, they ask for its pieces again, the file
 //! lands verified, and the stuck connection is cut.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{assert_exit, Env};
+use crate::helpers::{assert_exit, Env};
 use fastdl_testkit::{client, hash_file, run_with_deadline, write_file, StallProxy};
 
 const MIB: usize = 1 << 20;
