@@ -251,6 +251,64 @@ pub fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> Output {
     }
 }
 
+/// Like [`run_with_deadline`], and also the client's peak resident memory
+/// (VmHWM, KiB), sampled every 10 ms while it runs. A client still running
+/// at `deadline`, or whose peak passes `kill_above_kib`, is killed and the
+/// test fails, naming which limit it passed.
+pub fn run_measuring_memory(
+    cmd: &mut Command,
+    deadline: Duration,
+    kill_above_kib: u64,
+) -> (Output, u64) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fastdl-client");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let end = Instant::now() + deadline;
+    let mut peak = 0u64;
+    let kill = || {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    };
+    loop {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok(output) => return (output.expect("client output"), peak),
+            Err(_) if peak > kill_above_kib => {
+                kill();
+                panic!("fastdl-client grew to {peak} KiB (limit {kill_above_kib} KiB); killed");
+            }
+            Err(_) if Instant::now() >= end => {
+                kill();
+                panic!("fastdl-client did not finish within {deadline:?}");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Peak resident memory (VmHWM) of a running process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A running watch-mode client, killed when dropped.
 pub struct Running {
     pub child: Child,

@@ -391,3 +391,50 @@ fn a_symlink_planted_at_the_part_path_is_not_written_through() {
         assert_eq!(hash_file(&landed), served);
     }
 }
+
+/// Issue 15, break 3: `out/sub` is a symlink to a folder outside the
+/// output folder. The file `sub/x.bin`, its part file and its journal must
+/// not be written through it: the file fails, clearly, and the folder the
+/// link leads to stays empty.
+#[test]
+fn a_symlinked_folder_inside_out_is_not_written_through() {
+    let env = Env::new();
+    write_file(&env.res.join("sub/x.bin"), 3_000_000, 21);
+    let server = env.server(&[]);
+    env.write_input(&["sub/x.bin"]);
+    let elsewhere = env.tmp.path().join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::create_dir_all(&env.out).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, env.out.join("sub")).unwrap();
+
+    let output = env.once(&server.url(), &["--retries", "1"]);
+    assert_exit(&output, 1, &env);
+    assert!(
+        stderr(&output).contains("failed: sub/x.bin"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        tree(&elsewhere),
+        Vec::<String>::new(),
+        "written through the link"
+    );
+    assert!(fs::symlink_metadata(env.out.join("sub"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// Issue 15, break 4's other side: a transfer that is slow because the
+/// client itself limits it (`--limit-rate 50K`, a 1 MB file) is steady,
+/// and the progress deadline never cuts it.
+#[test]
+fn a_slow_but_steady_transfer_is_never_cut() {
+    let env = Env::new();
+    let digest = write_file(&env.res.join("slow.bin"), 1_000_000, 22);
+    let server = env.server(&[]);
+    env.write_input(&["slow.bin"]);
+    let output = env.once(&server.url(), &["--limit-rate", "50K"]);
+    assert_exit(&output, 0, &env);
+    assert_eq!(hash_file(&env.out_path("slow.bin")), digest);
+}

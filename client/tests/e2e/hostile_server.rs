@@ -8,11 +8,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
 use fastdl_protocol::digest::PieceTree;
 use fastdl_protocol::listing::write_pieces;
 use fastdl_protocol::Digest;
-use fastdl_testkit::{client, hash_file, run_with_deadline, DEADLINE};
+use fastdl_testkit::{client, hash_file, run_measuring_memory, run_with_deadline, DEADLINE};
 
 /// What the fake server does after the handshake.
 #[derive(Clone, Copy)]
@@ -28,6 +29,24 @@ enum Misbehaviour {
     /// The same, but the digests that finally come do not add up to the
     /// listed file digest.
     DigestsThatDoNotAddUp,
+    /// Answers `PIECES` with a count that cannot fit the file and digest
+    /// lines without end (issue 15, break 1).
+    EndlessPieces,
+    /// Lists a file of nearly 2^64 bytes and answers `PIECES` for it with
+    /// the matching count and digest lines without end.
+    HugeListedSize,
+    /// Answers `GET` with its `DATA` line, then one byte every 2 s.
+    TrickledData,
+    /// Answers `GET` with its `DATA` line and half the bytes, then nothing
+    /// (the connection stays open).
+    StallAfterShortData,
+}
+
+/// Writes digest-shaped lines until the peer goes away.
+fn endless_digests(w: &mut TcpStream) {
+    let line = format!("{}\n", Digest([0xab; 32]));
+    let block = line.repeat(1 << 12);
+    while w.write_all(block.as_bytes()).is_ok() {}
 }
 
 /// The multi-piece file of the slow-digest cases: 3 MiB and 5 bytes.
@@ -37,6 +56,18 @@ fn big() -> &'static [u8] {
 }
 
 const CONTENT: &[u8] = b"the real bytes of the file";
+
+/// The one-piece f.txt a fake server lists: long enough, in the slow
+/// cases, that a trickle of it would take hours.
+fn content(how: Misbehaviour) -> &'static [u8] {
+    static SLOW: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    match how {
+        Misbehaviour::TrickledData | Misbehaviour::StallAfterShortData => {
+            SLOW.get_or_init(|| fastdl_testkit::pattern(100_000, 9))
+        }
+        _ => CONTENT,
+    }
+}
 
 fn entry_line(name: &str, content: &[u8]) -> String {
     format!(
@@ -77,8 +108,28 @@ fn serve(conn: TcpStream, how: Misbehaviour) {
                 Misbehaviour::SlowDigests | Misbehaviour::DigestsThatDoNotAddUp => {
                     format!("LIST 1\n{}\nEND\n", entry_line("big.bin", big())).into_bytes()
                 }
-                _ => format!("LIST 1\n{}\nEND\n", entry_line("f.txt", CONTENT)).into_bytes(),
+                Misbehaviour::HugeListedSize => format!(
+                    "LIST 1\n1) f.txt\t{}\t{}\nEND\n",
+                    u64::MAX - 5,
+                    Digest([1; 32])
+                )
+                .into_bytes(),
+                _ => format!("LIST 1\n{}\nEND\n", entry_line("f.txt", content(how))).into_bytes(),
             }
+        } else if req.starts_with("PIECES ")
+            && matches!(
+                how,
+                Misbehaviour::EndlessPieces | Misbehaviour::HugeListedSize
+            )
+        {
+            let header = match how {
+                Misbehaviour::EndlessPieces => format!("PIECES 26 1048576 {}\n", u64::MAX >> 20),
+                _ => format!("PIECES {} 1048576 {}\n", u64::MAX - 5, (u64::MAX - 5) >> 20),
+            };
+            if w.write_all(header.as_bytes()).is_ok() {
+                endless_digests(&mut w);
+            }
+            return;
         } else if req.starts_with("PIECES ") {
             // Late enough for the first pieces to arrive before their digests.
             std::thread::sleep(std::time::Duration::from_millis(300));
@@ -101,6 +152,31 @@ fn serve(conn: TcpStream, how: Misbehaviour) {
                     reply
                 }
                 Misbehaviour::LyingLength => format!("DATA {}\n", length * 1000).into_bytes(),
+                _ if offset + length > content(how).len() => {
+                    format!("WRONG_INPUT range {offset}+{length} is outside f.txt\n").into_bytes()
+                }
+                Misbehaviour::TrickledData => {
+                    let _ = w.write_all(format!("DATA {length}\n").as_bytes());
+                    for &byte in &content(how)[offset..offset + length] {
+                        std::thread::sleep(std::time::Duration::from_secs(2));
+                        if w.write_all(&[byte]).is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Misbehaviour::StallAfterShortData => {
+                    let _ = w.write_all(format!("DATA {length}\n").as_bytes());
+                    let _ = w.write_all(&content(how)[offset..offset + length / 2]);
+                    // Stay connected and silent until the client leaves.
+                    let _ = r.read_line(&mut line);
+                    return;
+                }
+                Misbehaviour::EndlessPieces => {
+                    let mut reply = format!("DATA {length}\n").into_bytes();
+                    reply.extend_from_slice(&CONTENT[offset..offset + length]);
+                    reply
+                }
                 _ => {
                     let mut reply = format!("DATA {length}\n").into_bytes();
                     reply.extend(std::iter::repeat_n(b'X', length));
@@ -137,6 +213,103 @@ fn run(how: Misbehaviour, name: &str) -> (tempfile::TempDir, Output) {
         DEADLINE,
     );
     (tmp, out)
+}
+
+/// Runs `fastdl-client --once` for f.txt with `args` against a fake
+/// server, within `deadline`, killing it past `max_kib` of memory; returns
+/// its output and peak memory (KiB).
+fn run_bounded(
+    how: Misbehaviour,
+    args: &[&str],
+    deadline: Duration,
+    max_kib: u64,
+) -> (tempfile::TempDir, Output, u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("w");
+    fs::create_dir_all(&work).unwrap();
+    fs::write(work.join("input.txt"), "f.txt\n").unwrap();
+    let (out, peak) = run_measuring_memory(
+        client(&fake_server(how), &work).arg("--once").args(args),
+        deadline,
+        max_kib,
+    );
+    (tmp, out, peak)
+}
+
+/// Client memory never allowed in these cases.
+const MAX_KIB: u64 = 64 << 10;
+
+/// Break 1: with `--connections 1` the only pooled connection is the one
+/// whose head start asked for f.txt's digests; the download of the
+/// one-piece f.txt does not take that answer over, so it is drained
+/// before the connection is used. An endless `PIECES` answer there must
+/// cost neither memory nor the download.
+#[test]
+fn an_endless_pieces_answer_to_a_head_start_costs_no_memory() {
+    let (tmp, out, peak) = run_bounded(
+        Misbehaviour::EndlessPieces,
+        &["--connections", "1"],
+        Duration::from_secs(60),
+        MAX_KIB,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(fs::read(tmp.path().join("w/data/f.txt")).unwrap(), CONTENT);
+    assert!(peak < MAX_KIB, "peak {peak} KiB");
+}
+
+/// Break 1, the other way: a listed size near 2^64 with a `PIECES` count
+/// to match. The file cannot fit: it fails at once, within bounded memory.
+#[test]
+fn a_file_listed_near_2_64_bytes_fails_within_bounded_memory() {
+    for connections in ["1", "4"] {
+        let (tmp, out, peak) = run_bounded(
+            Misbehaviour::HugeListedSize,
+            &["--connections", connections, "--retries", "1"],
+            Duration::from_secs(60),
+            MAX_KIB,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("f.txt"), "{stderr}");
+        assert_nothing_landed(tmp.path());
+        assert!(peak < MAX_KIB, "peak {peak} KiB");
+    }
+}
+
+/// Break 4: a server that trickles a `DATA` body (1 byte every 2 s), or
+/// stalls after half of it, fails the file within 3 minutes with default
+/// flags (exit 1, nothing landed), instead of holding the client forever.
+#[test]
+fn a_trickled_body_fails_the_file_in_bounded_time() {
+    let started = std::time::Instant::now();
+    let (tmp, out, _) = run_bounded(
+        Misbehaviour::TrickledData,
+        &[],
+        Duration::from_secs(180),
+        MAX_KIB,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("failed: f.txt"), "{stderr}");
+    assert_nothing_landed(tmp.path());
+    eprintln!("trickled body: failed after {:?}", started.elapsed());
+}
+
+#[test]
+fn a_stalled_body_fails_the_file_in_bounded_time() {
+    let started = std::time::Instant::now();
+    let (tmp, out, _) = run_bounded(
+        Misbehaviour::StallAfterShortData,
+        &[],
+        Duration::from_secs(180),
+        MAX_KIB,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("failed: f.txt"), "{stderr}");
+    assert_nothing_landed(tmp.path());
+    eprintln!("stalled body: failed after {:?}", started.elapsed());
 }
 
 /// Every file under `dir`, hidden ones too.
