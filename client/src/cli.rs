@@ -83,6 +83,20 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub retry_wait: u64,
 
+    /// Progress deadline: a server that delivers less than RATE bytes per
+    /// second over --speed-time seconds of waiting for it (trickling, or
+    /// stalled) is dropped, and the download tries again later. Time the
+    /// client itself holds a transfer back (--limit-rate) does not count.
+    /// K, M, G suffixes allowed.
+    #[arg(long, default_value = "1K", value_name = "RATE", value_parser = parse_rate)]
+    pub speed_limit: u64,
+
+    /// The window, in seconds of waiting for a server, over which
+    /// --speed-limit is judged; a read that waits this long for a first
+    /// byte ends too.
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub speed_time: u64,
+
     /// Log file (appended to).
     #[arg(long, default_value = "client.log", value_name = "FILE")]
     pub log: PathBuf,
@@ -101,6 +115,14 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 }
 
 impl Args {
+    /// The progress deadline of every server connection.
+    pub fn speed_floor(&self) -> crate::pace::SpeedFloor {
+        crate::pace::SpeedFloor {
+            min_rate: self.speed_limit,
+            window: std::time::Duration::from_secs(self.speed_time),
+        }
+    }
+
     pub fn level(&self) -> LevelFilter {
         fastdl_support::logging::level(self.quiet, self.verbose)
     }

@@ -5,7 +5,11 @@
 //! their answers over, or they are read and dropped before the next reply.
 //!
 //! Everything read from the server is bounded: reply lines by
-//! `MAX_REPLY_LINE`, data by the length the client itself asked for.
+//! `MAX_REPLY_LINE`, data by the length the client itself asked for, a
+//! digest list by the listed size of its file (an answer to a request sent
+//! ahead that nobody took over is never drained if it is a digest list:
+//! the connection is closed instead), and time by the progress deadline
+//! of [`crate::pace`].
 
 use std::collections::VecDeque;
 use std::io::{BufReader, Read, Write};
@@ -18,10 +22,14 @@ use fastdl_protocol::{
     Digest, ErrorCode, Listing, ProtocolError, Reply, Request, MAX_REPLY_LINE, VERSION,
 };
 
+use crate::pace::{Paced, SpeedFloor};
+
 /// How long to wait for a TCP connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a server may stay silent in the middle of a reply.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for the server's reason after it closed the
+/// connection under a request being sent (a refusal such as `ERROR BUSY`
+/// precedes the close).
+const REFUSAL_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a request to a server failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,14 @@ pub enum RequestError {
     /// The server answered with an error line.
     #[error("server error {}: {message}", code.as_str())]
     Server { code: ErrorCode, message: String },
+}
+
+impl RequestError {
+    /// The server is there but delivers below the progress deadline
+    /// (trickling or stalled): worth no new connection in this attempt.
+    pub fn is_too_slow(&self) -> bool {
+        matches!(self, RequestError::Connection(ProtocolError::Io(e)) if crate::pace::is_too_slow(e))
+    }
 }
 
 impl From<std::io::Error> for RequestError {
@@ -85,7 +101,7 @@ impl Ahead {
 /// the first reply is read, so a new connection costs one round trip
 /// (the TCP handshake) before its first request is on the wire.
 pub struct Connection {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Paced<TcpStream>>,
     writer: TcpStream,
     peer: SocketAddr,
     greeted: bool,
@@ -104,17 +120,17 @@ pub fn resolve(server: &str) -> std::io::Result<SocketAddr> {
 
 impl Connection {
     /// Connects and sends the version handshake (its answer is checked with
-    /// the first reply).
-    pub fn open(addr: SocketAddr) -> Result<Connection, RequestError> {
+    /// the first reply). Reads are held to `floor`.
+    pub fn open(addr: SocketAddr, floor: SpeedFloor) -> Result<Connection, RequestError> {
         let started = Instant::now();
         let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
         let rtt = started.elapsed();
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(READ_TIMEOUT))?;
-        stream.set_write_timeout(Some(READ_TIMEOUT))?;
+        stream.set_read_timeout(Some(floor.window))?;
+        stream.set_write_timeout(Some(floor.window))?;
         let writer = stream.try_clone()?;
         let mut conn = Connection {
-            reader: BufReader::with_capacity(64 * 1024, stream),
+            reader: BufReader::with_capacity(64 * 1024, Paced::new(stream, floor)),
             writer,
             peer: addr,
             greeted: false,
@@ -152,12 +168,32 @@ impl Connection {
         &self.writer
     }
 
-    /// Sends one request line.
+    /// Sends one request line. If the server closed the connection under
+    /// it, the reason it gave first (`ERROR BUSY ...`, say) is the error,
+    /// not the broken pipe.
     pub fn send(&mut self, request: &Request) -> Result<(), RequestError> {
         let mut line = request.to_string();
         line.push('\n');
-        self.writer.write_all(line.as_bytes())?;
+        if let Err(e) = self.writer.write_all(line.as_bytes()) {
+            return Err(self.refusal().unwrap_or(RequestError::from(e)));
+        }
         Ok(())
+    }
+
+    /// The error line a server sent before it closed the connection, if
+    /// one is waiting (read with a short timeout: nothing else is).
+    fn refusal(&mut self) -> Option<RequestError> {
+        let _ = self.writer.set_read_timeout(Some(REFUSAL_WAIT));
+        loop {
+            match self.read_reply() {
+                Err(e @ (RequestError::Server { .. } | RequestError::WrongInput(_))) => {
+                    return Some(e)
+                }
+                // An answer to an earlier request: the refusal may follow.
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Sends a request ahead of need; its answer waits for
@@ -181,7 +217,10 @@ impl Connection {
 
     /// Reads and drops the answers to requests sent ahead that nobody took
     /// over (a refusal is an answer too: the name may not be listed, or
-    /// the file may be shorter than the range asked for).
+    /// the file may be shorter than the range asked for). Data answers are
+    /// bounded by the length asked for; a digest list is bounded only by
+    /// a file size nobody checked here, so a connection owing one is not
+    /// drained: the error makes its owner close it.
     pub fn settle(&mut self) -> Result<(), RequestError> {
         while let Some(ahead) = self.ahead.pop_front() {
             self.greet()?;
@@ -190,11 +229,13 @@ impl Connection {
                 answer => answer?,
             };
             match (ahead, answer) {
-                (Ahead::Pieces { .. }, Reply::Pieces { count, .. }) => {
-                    read_pieces(&mut self.reader, count)?;
-                }
                 (Ahead::Get { length, .. }, Reply::Data { length: got }) if got == length => {
                     self.skip_data(length)?;
+                }
+                (Ahead::Pieces { .. }, Reply::Pieces { .. }) => {
+                    return Err(RequestError::Connection(ProtocolError::Unexpected(
+                        "an unused digest list is not drained; closing the connection".into(),
+                    )))
                 }
                 (_, other) => return Err(unexpected(other)),
             }

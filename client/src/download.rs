@@ -5,7 +5,7 @@
 //! file), and the final whole-file check; flushing and landing are the
 //! lander's.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,15 +19,16 @@ use log::{debug, info, warn};
 use crate::connection::{Ahead, Connection, RequestError};
 use crate::expected::Expected;
 use crate::fetcher::{self, Ended, FileTask};
-use crate::journal::{self, Journal};
+use crate::journal::Journal;
 use crate::leftovers::Leftovers;
+use crate::outdir::{Found, OutDir};
 use crate::piece_writer::{PieceBuf, PieceWriter};
 use crate::pieces::{PieceQueue, Stop};
 use crate::plan;
 use crate::pool::Pool;
 use crate::progress::Progress;
 use crate::ratelimit::RateLimit;
-use crate::store;
+use crate::store::{self, Spot};
 
 /// Consecutive failed connection attempts after which a worker gives up
 /// on the current attempt at a file (the scheduler retries the file later).
@@ -54,10 +55,10 @@ pub enum Outcome {
 /// A verified part file on its way to its final name.
 #[derive(Debug)]
 pub struct Verified {
-    /// The open part file (for fsync), when it could be kept open.
-    pub part: Option<std::fs::File>,
-    pub part_path: PathBuf,
-    pub journal_path: PathBuf,
+    /// The open part file, to flush.
+    pub part: std::fs::File,
+    /// Where it lands (its folder open, the part and journal beside it).
+    pub spot: Spot,
     /// Network rate and bytes fetched in this attempt, for the log.
     pub rate: f64,
     pub fetched: u64,
@@ -74,7 +75,7 @@ pub struct Job {
 pub struct Downloader {
     /// One connection pool per `--server`.
     pub pools: Vec<Pool>,
-    pub out: PathBuf,
+    pub out: OutDir,
     pub connections: usize,
     /// `--plan`: let the server push the file over its N-stream plan first.
     pub plan: bool,
@@ -97,10 +98,14 @@ impl Downloader {
                 ))
             }
         }
-        let final_path = store::final_path(&self.out, &entry.name);
-        let part_path = store::part_path(&final_path);
-        let journal_path = journal::journal_path(&final_path);
-        let resume = match self.prepare_resume(entry, &part_path, &journal_path) {
+        let spot = match Spot::make(&self.out, &entry.name) {
+            Ok(spot) => spot,
+            Err(e) => {
+                return Outcome::Failed(format!("{}: cannot prepare its folder: {e}", entry.name))
+            }
+        };
+        let part_path = spot.part_path();
+        let resume = match self.prepare_resume(entry, &spot) {
             Ok(resume) => resume,
             Err(e) => {
                 return Outcome::Failed(format!(
@@ -110,7 +115,14 @@ impl Downloader {
                 ))
             }
         };
-        let part = match store::open_part(&part_path, entry.size) {
+        if !resume {
+            // A file that cannot fit is refused before anything is asked
+            // for it (a listed size also bounds what its digests may cost).
+            if let Err(why) = self.room_for(entry) {
+                return Outcome::Failed(format!("{}: {why}", entry.name));
+            }
+        }
+        let part = match store::open_part(&spot, entry.size) {
             Ok(file) => file,
             Err(e) => {
                 return Outcome::Failed(format!(
@@ -220,7 +232,7 @@ impl Downloader {
             // A one-piece file has nothing to resume from: no journal.
             let (stop_journal, journal_stop) = crossbeam_channel::bounded::<()>(0);
             if count > 1 {
-                scope.spawn(|| keep_journal(entry, &queue, &journal_path, journal_stop));
+                scope.spawn(|| keep_journal(entry, &queue, &spot, journal_stop));
             }
             let early = match pools[..] {
                 // A lone connection works on this thread: no spawn per small file.
@@ -327,27 +339,33 @@ impl Downloader {
                 .collect();
             info!("{}: pieces by server: {}", entry.name, split.join(", "));
         }
-        let outcome = self.finish(entry, &part, &part_path, &queue, rate, fetched);
-        if matches!(outcome, Outcome::AlreadyHad(_)) || !part_path.exists() {
-            let _ = std::fs::remove_file(&journal_path);
+        self.finish(entry, part, spot, &queue, rate, fetched)
+    }
+
+    /// Whether a fresh download of `entry` fits on the output folder's
+    /// file system; the reason if not.
+    fn room_for(&self, entry: &Entry) -> Result<(), String> {
+        match self.out.available() {
+            Ok(free) if entry.size > free => Err(format!(
+                "needs {}, and only {} are free in {}",
+                human_bytes(entry.size),
+                human_bytes(free),
+                self.out.path().display()
+            )),
+            // Unknown free space: preallocation will tell.
+            _ => Ok(()),
         }
-        outcome
     }
 
     /// Decides whether an existing part file is resumed: yes when its
     /// journal names this very version of the file (or there is no journal,
     /// in which case every piece is checked anyway); a part of another
     /// version is dropped.
-    fn prepare_resume(
-        &self,
-        entry: &Entry,
-        part_path: &Path,
-        journal_path: &Path,
-    ) -> std::io::Result<bool> {
-        let journal = Journal::load(journal_path)?;
-        if !part_path.exists() {
+    fn prepare_resume(&self, entry: &Entry, spot: &Spot) -> std::io::Result<bool> {
+        let journal = Journal::load(spot)?;
+        if spot.folder.look(&spot.part())? == Found::Nothing {
             if journal.is_some() {
-                std::fs::remove_file(journal_path)?;
+                spot.folder.remove(&spot.journal())?;
             }
             return Ok(false);
         }
@@ -358,8 +376,8 @@ impl Downloader {
                     "{}: the server's file changed since this part was started (size {} -> {}, digest {} -> {}); starting over",
                     entry.name, j.size, entry.size, j.digest, entry.digest
                 );
-                std::fs::remove_file(part_path)?;
-                std::fs::remove_file(journal_path)?;
+                spot.folder.remove(&spot.part())?;
+                spot.folder.remove(&spot.journal())?;
                 Ok(false)
             }
             None => {
@@ -584,6 +602,12 @@ impl Downloader {
                     if self.shutdown.is_requested() {
                         continue;
                     }
+                    if e.is_too_slow() {
+                        // Another connection to a server this slow would
+                        // fare no better; the others (or the next attempt,
+                        // after a pause) carry on.
+                        return Err(format!("{}: {e}", pool.addr()));
+                    }
                     // A pooled connection may have gone stale: the first
                     // failure retries at once on a fresh connection.
                     pool.clear();
@@ -620,8 +644,8 @@ impl Downloader {
     fn finish(
         &self,
         entry: &Entry,
-        part: &std::fs::File,
-        part_path: &Path,
+        part: std::fs::File,
+        spot: Spot,
         queue: &PieceQueue,
         rate: f64,
         fetched: u64,
@@ -636,16 +660,16 @@ impl Downloader {
                 "{}: whole-file digest {root} does not match the listed {}",
                 entry.name, entry.digest
             );
-            let _ = std::fs::remove_file(part_path);
+            let _ = spot.folder.remove(&spot.part());
+            let _ = spot.folder.remove(&spot.journal());
             return Outcome::Failed(format!(
                 "{}: whole-file digest does not match the list",
                 entry.name
             ));
         }
         Outcome::Verified(Box::new(Verified {
-            part: part.try_clone().ok(),
-            part_path: part_path.to_path_buf(),
-            journal_path: journal::journal_path(&store::final_path(&self.out, &entry.name)),
+            part,
+            spot,
             rate,
             fetched,
         }))
@@ -824,7 +848,7 @@ fn verify_part(part: &std::fs::File, entry: &Entry, expected: &[Digest]) -> Vec<
 fn keep_journal(
     entry: &Entry,
     queue: &PieceQueue,
-    path: &Path,
+    spot: &Spot,
     stop: crossbeam_channel::Receiver<()>,
 ) {
     let mut written = None;
@@ -847,12 +871,12 @@ fn keep_journal(
                 digest: entry.digest,
                 done,
             };
-            match journal.store(path) {
+            match journal.store(spot) {
                 Ok(()) => written = Some(count),
                 Err(e) => warn!(
                     "{}: cannot write journal {}: {e}",
                     entry.name,
-                    path.display()
+                    spot.folder.path_of(&spot.journal()).display()
                 ),
             }
         }

@@ -8,13 +8,12 @@
 //! listed, the file is shorter, or it is not downloaded fresh, the answers
 //! are refusals or bytes that are read and dropped.
 
-use std::path::Path;
-
 use fastdl_protocol::name::validate_name;
 use fastdl_protocol::PIECE_SIZE;
 
 use crate::connection::Ahead;
-use crate::store;
+use crate::outdir::{Found, OutDir};
+use crate::store::Spot;
 
 pub struct HeadStart {
     name: String,
@@ -24,13 +23,18 @@ impl HeadStart {
     /// The head start for a `--once` run over `names`, when one can help:
     /// one server, no plan, and a first name that is valid and neither
     /// begun (a part file to resume) nor present in `out`.
-    pub fn plan(names: &[String], out: &Path, servers: usize, plan: bool) -> Option<HeadStart> {
+    pub fn plan(names: &[String], out: &OutDir, servers: usize, plan: bool) -> Option<HeadStart> {
         let name = names.first()?;
         if servers != 1 || plan || validate_name(name).is_err() {
             return None;
         }
-        let final_path = store::final_path(out, name);
-        let fresh = !final_path.exists() && !store::part_path(&final_path).exists();
+        let fresh = match Spot::find(out, name) {
+            Ok(None) => true,
+            Ok(Some(spot)) => [spot.leaf.clone(), spot.part()]
+                .iter()
+                .all(|leaf| matches!(spot.folder.look(leaf), Ok(Found::Nothing))),
+            Err(_) => false,
+        };
         fresh.then(|| HeadStart { name: name.clone() })
     }
 
@@ -64,10 +68,10 @@ mod tests {
 
     #[test]
     fn only_a_fresh_first_name_on_one_server_gets_a_head_start() {
-        let out = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = OutDir::open(tmp.path()).unwrap();
         let names = vec!["big.bin".to_owned(), "other".to_owned()];
-        let plan =
-            |names: &[String], servers, plan| HeadStart::plan(names, out.path(), servers, plan);
+        let plan = |names: &[String], servers, plan| HeadStart::plan(names, &out, servers, plan);
         let start = plan(&names, 1, false).expect("a head start");
         assert_eq!(
             start.with_list()[0],
@@ -90,7 +94,7 @@ mod tests {
         );
         assert!(plan(&[], 1, false).is_none());
         assert!(plan(&["../escape".to_owned()], 1, false).is_none());
-        std::fs::write(store::part_path(&out.path().join("big.bin")), b"x").unwrap();
+        std::fs::write(tmp.path().join(".big.bin.fastdl-part"), b"x").unwrap();
         assert!(plan(&names, 1, false).is_none(), "a part file is resumed");
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use fastdl_support::quote;
 use fastdl_support::shutdown::Shutdown;
 use log::{debug, warn};
 use notify::{RecursiveMode, Watcher};
@@ -20,9 +21,15 @@ use notify::{RecursiveMode, Watcher};
 /// Most bytes of input.txt that are read (a larger file is read this far).
 pub const MAX_INPUT_BYTES: u64 = 64 << 20;
 
+/// Longest line taken from input.txt. A name is at most 1024 bytes; the
+/// rest is room for what may follow it. A longer line (input.txt linked to
+/// /dev/zero, a pasted binary) is skipped with one bounded warning.
+pub const MAX_INPUT_LINE: usize = 16 << 10;
+
 /// The names in the text of input.txt, in order, each once: one name per
 /// line, trimmed; blank lines and `#` comments skipped; CRLF and a leading
-/// BOM tolerated. Lines that are not UTF-8 are skipped.
+/// BOM tolerated. Lines that are not UTF-8, or longer than
+/// [`MAX_INPUT_LINE`], are skipped.
 pub fn parse_names(content: &[u8]) -> Vec<String> {
     let content = content
         .strip_prefix("\u{feff}".as_bytes())
@@ -30,6 +37,15 @@ pub fn parse_names(content: &[u8]) -> Vec<String> {
     let mut seen = HashSet::new();
     let mut names = Vec::new();
     for raw in content.split(|&b| b == b'\n') {
+        if raw.len() > MAX_INPUT_LINE {
+            let start = String::from_utf8_lossy(&raw[..200]);
+            warn!(
+                "input: skipped a line of {} bytes (longest taken: {MAX_INPUT_LINE}) starting {}",
+                raw.len(),
+                quote(&start)
+            );
+            continue;
+        }
         let Ok(line) = std::str::from_utf8(raw) else {
             continue;
         };
@@ -182,6 +198,14 @@ mod tests {
         assert_eq!(&parse_names(&bytes)[..2], ["ok", "fine"]);
         assert!(parse_names(b"").is_empty());
         assert!(parse_names(b"\n\n   \n# only comments\n").is_empty());
+    }
+
+    #[test]
+    fn overlong_lines_are_skipped() {
+        let mut bytes = vec![0u8; 5 << 20];
+        bytes.extend_from_slice(b"\nok\n");
+        bytes.extend(std::iter::repeat_n(b'a', MAX_INPUT_LINE + 1));
+        assert_eq!(parse_names(&bytes), ["ok"]);
     }
 
     #[test]

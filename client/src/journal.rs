@@ -20,20 +20,16 @@
 //! done 0-15,17,20-699
 //! ```
 
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
 
 use fastdl_protocol::{Digest, Entry, PIECE_SIZE};
 
-use crate::store::sibling;
+use crate::store::Spot;
 
 const MAGIC: &str = "fastdl-journal 1";
 
-/// The journal path for a final path.
-pub fn journal_path(final_path: &Path) -> PathBuf {
-    sibling(final_path, "fastdl-journal")
-}
+/// Longest journal read (a 1 TiB file's is about 7 MiB at worst).
+const MAX_JOURNAL_BYTES: u64 = 16 << 20;
 
 /// What a journal says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,25 +112,21 @@ impl Journal {
         })
     }
 
-    /// Replaces the journal at `path` atomically.
-    pub fn store(&self, path: &Path) -> io::Result<()> {
-        let tmp = path.with_extension("fastdl-journal-tmp");
-        let mut file = File::create(&tmp)?;
-        file.write_all(self.encode().as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
+    /// Replaces the journal of `spot` atomically.
+    pub fn store(&self, spot: &Spot) -> io::Result<()> {
+        let tmp = format!("{}-tmp", spot.journal());
+        spot.folder
+            .replace(&spot.journal(), &tmp, self.encode().as_bytes())
     }
 
-    /// Loads the journal at `path`; `Ok(None)` if there is none or it is unreadable as a journal.
-    pub fn load(path: &Path) -> io::Result<Option<Journal>> {
-        match fs::read(path) {
-            Ok(bytes) if bytes.len() <= 16 << 20 => {
-                Ok(std::str::from_utf8(&bytes).ok().and_then(Journal::parse))
-            }
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// Loads the journal of `spot`; `Ok(None)` if there is none or it is
+    /// unreadable as a journal.
+    pub fn load(spot: &Spot) -> io::Result<Option<Journal>> {
+        Ok(spot
+            .folder
+            .read_small(&spot.journal(), MAX_JOURNAL_BYTES)?
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| Journal::parse(&text)))
     }
 }
 
@@ -182,12 +174,13 @@ mod tests {
     #[test]
     fn stores_and_loads_atomically() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(".a.fastdl-journal");
-        assert_eq!(Journal::load(&path).unwrap(), None);
+        let out = crate::outdir::OutDir::open(dir.path()).unwrap();
+        let spot = Spot::make(&out, "a").unwrap();
+        assert_eq!(Journal::load(&spot).unwrap(), None);
         let j = journal(vec![true, false]);
-        j.store(&path).unwrap();
-        assert_eq!(Journal::load(&path).unwrap(), Some(j));
-        let names: Vec<_> = fs::read_dir(dir.path())
+        j.store(&spot).unwrap();
+        assert_eq!(Journal::load(&spot).unwrap(), Some(j));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();

@@ -10,9 +10,8 @@
 //! is renamed before it is durable, and the download threads go on to the
 //! next file meanwhile.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -20,7 +19,7 @@ use fastdl_support::human_bytes;
 use log::info;
 
 use crate::download::{Job, Outcome, Verified};
-use crate::store::{self, Landed};
+use crate::store::{self, Landed, Spot};
 
 /// Most files landed in one batch.
 pub const MAX_BATCH: usize = 256;
@@ -29,11 +28,7 @@ const GATHER: Duration = Duration::from_millis(2);
 
 /// Lands what arrives on `verified`, reporting each outcome on `results`,
 /// until the channel closes.
-pub fn run(
-    out: PathBuf,
-    verified: Receiver<(Job, Box<Verified>)>,
-    results: Sender<(Job, Outcome)>,
-) {
+pub fn run(verified: Receiver<(Job, Box<Verified>)>, results: Sender<(Job, Outcome)>) {
     while let Ok(first) = verified.recv() {
         let mut batch = vec![first];
         let until = Instant::now() + GATHER;
@@ -50,7 +45,7 @@ pub fn run(
                 Err(_) => break,
             }
         }
-        for (job, outcome) in land_batch(&out, batch) {
+        for (job, outcome) in land_batch(batch) {
             if results.send((job, outcome)).is_err() {
                 return;
             }
@@ -58,7 +53,7 @@ pub fn run(
     }
 }
 
-fn land_batch(out: &Path, batch: Vec<(Job, Box<Verified>)>) -> Vec<(Job, Outcome)> {
+fn land_batch(batch: Vec<(Job, Box<Verified>)>) -> Vec<(Job, Outcome)> {
     if let Err(e) = flush(&batch) {
         return batch
             .into_iter()
@@ -66,42 +61,59 @@ fn land_batch(out: &Path, batch: Vec<(Job, Box<Verified>)>) -> Vec<(Job, Outcome
                 let why = format!(
                     "{}: cannot flush {}: {e}",
                     job.entry.name,
-                    v.part_path.display()
+                    v.spot.part_path().display()
                 );
                 (job, Outcome::Failed(why))
             })
             .collect();
     }
-    let mut dirs = BTreeSet::new();
     let mut placed = Vec::with_capacity(batch.len());
     for (job, v) in batch {
-        let result = store::place(&v.part_path, &job.entry, out);
-        if let Ok(Landed::New(path)) = &result {
-            if let Some(dir) = path.parent() {
-                dirs.insert(dir.to_path_buf());
-            }
-        }
+        let result = store::place(&v.spot, &job.entry);
         placed.push((job, v, result));
     }
-    let mut dir_error = None;
-    for dir in &dirs {
-        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-            dir_error = Some(format!("cannot flush folder {}: {e}", dir.display()));
+    // Each folder that got a new name is flushed once; a failure there
+    // concerns only the files renamed into that folder.
+    let mut flushed = HashSet::new();
+    let mut folder_errors = Vec::new();
+    for (_, v, result) in &placed {
+        if !matches!(result, Ok(Landed::New(_))) {
+            continue;
+        }
+        let Ok(id) = v.spot.folder.id() else {
+            continue;
+        };
+        if flushed.insert(id) {
+            if let Err(e) = v.spot.folder.sync() {
+                folder_errors.push((id, e.to_string()));
+            }
         }
     }
     placed
         .into_iter()
         .map(|(job, v, result)| {
-            let _ = std::fs::remove_file(&v.journal_path);
+            let Verified {
+                spot,
+                rate,
+                fetched,
+                ..
+            } = *v;
+            let _ = spot.folder.remove(&spot.journal());
             let entry = &job.entry;
+            let dir_error = spot.folder.id().ok().and_then(|id| {
+                folder_errors
+                    .iter()
+                    .find(|(failed, _)| *failed == id)
+                    .map(|(_, e)| folder_error(&spot, e))
+            });
             let outcome = match (result, &dir_error) {
                 (Ok(Landed::New(path)), None) => {
                     info!(
                         "{}: done, {} verified, {} fetched this run ({}/s) -> {}",
                         entry.name,
                         human_bytes(entry.size),
-                        human_bytes(v.fetched),
-                        human_bytes(v.rate as u64),
+                        human_bytes(fetched),
+                        human_bytes(rate as u64),
                         path.display()
                     );
                     Outcome::Landed
@@ -117,19 +129,21 @@ fn land_batch(out: &Path, batch: Vec<(Job, Box<Verified>)>) -> Vec<(Job, Outcome
         .collect()
 }
 
+fn folder_error(spot: &Spot, e: &str) -> String {
+    format!(
+        "in place as {}, but its folder could not be flushed: {e}",
+        spot.path().display()
+    )
+}
+
 /// Makes every part file of the batch durable.
 fn flush(batch: &[(Job, Box<Verified>)]) -> std::io::Result<()> {
-    let open = |v: &Verified| match &v.part {
-        Some(file) => file.try_clone(),
-        None => std::fs::File::open(&v.part_path),
-    };
     match batch {
         [] => Ok(()),
-        [(_, v)] => open(v)?.sync_all(),
+        [(_, v)] => v.part.sync_all(),
         [(_, v), ..] => {
             // One flush of the file system covers every file of the batch.
-            let file = open(v)?;
-            rustix::fs::syncfs(file.as_fd())?;
+            rustix::fs::syncfs(v.part.as_fd())?;
             Ok(())
         }
     }

@@ -17,6 +17,8 @@ mod journal;
 mod lander;
 mod leftovers;
 mod mirrors;
+mod outdir;
+mod pace;
 mod piece_writer;
 mod pieces;
 mod plan;
@@ -43,6 +45,7 @@ use crate::connection::Ahead;
 use crate::download::Downloader;
 use crate::head_start::HeadStart;
 use crate::input::InputWatcher;
+use crate::outdir::OutDir;
 use crate::pool::Pool;
 use crate::progress::Progress;
 use crate::ratelimit::RateLimit;
@@ -79,7 +82,7 @@ fn run(args: Args) -> Result<ExitCode> {
         ctrlc::set_handler(move || shutdown.trigger())
             .context("cannot install the Ctrl-C handler")?;
     }
-    std::fs::create_dir_all(&args.out)
+    let out = OutDir::open(&args.out)
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))?;
 
     let mut addrs = Vec::new();
@@ -97,9 +100,9 @@ fn run(args: Args) -> Result<ExitCode> {
     let downloader = Arc::new(Downloader {
         pools: addrs
             .iter()
-            .map(|&addr| Pool::new(addr, connections * jobs))
+            .map(|&addr| Pool::new(addr, connections * jobs, args.speed_floor()))
             .collect(),
-        out: args.out.clone(),
+        out,
         connections,
         plan: args.plan,
         limit: args.limit_rate.map(RateLimit::new),
@@ -117,7 +120,7 @@ fn run(args: Args) -> Result<ExitCode> {
     };
     let head_start = once_names
         .as_deref()
-        .and_then(|names| HeadStart::plan(names, &args.out, addrs.len(), args.plan))
+        .and_then(|names| HeadStart::plan(names, &downloader.out, addrs.len(), args.plan))
         .map(Arc::new);
     // There will be downloads: open their connections (all but the one the
     // list comes over) while the lists are fetched, instead of one

@@ -18,8 +18,9 @@ use fastdl_protocol::{ProtocolError, Reply, Request, MAX_REPLY_LINE};
 use fastdl_support::shutdown::Shutdown;
 use log::{info, warn};
 
-use crate::connection::{RequestError, READ_TIMEOUT};
+use crate::connection::RequestError;
 use crate::fetcher::{land_piece, FileTask};
+use crate::pace::{Paced, SpeedFloor};
 use crate::piece_writer::PieceBuf;
 use crate::pool::Pool;
 
@@ -74,7 +75,7 @@ pub fn receive(pool: &Pool, task: &FileTask<'_>, shutdown: &Shutdown) -> Result<
                     chunks,
                     token,
                 };
-                if let Err(e) = stream.run(task, shutdown) {
+                if let Err(e) = stream.run(task, shutdown, pool.floor()) {
                     if !shutdown.is_requested() {
                         warn!(
                             "{name}: plan stream {index} (port {port}) ended early: {e}; \
@@ -98,11 +99,16 @@ struct Stream<'a> {
 }
 
 impl Stream<'_> {
-    fn run(&self, task: &FileTask<'_>, shutdown: &Shutdown) -> Result<(), RequestError> {
+    fn run(
+        &self,
+        task: &FileTask<'_>,
+        shutdown: &Shutdown,
+        floor: SpeedFloor,
+    ) -> Result<(), RequestError> {
         let addr = SocketAddr::new(self.ip, self.port);
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
         let _registered = shutdown.register(&stream);
-        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        stream.set_read_timeout(Some(floor.window))?;
         stream.write_all(
             format!(
                 "{}\n",
@@ -112,7 +118,7 @@ impl Stream<'_> {
             )
             .as_bytes(),
         )?;
-        let mut reader = BufReader::with_capacity(64 * 1024, stream);
+        let mut reader = BufReader::with_capacity(64 * 1024, Paced::new(stream, floor));
         let line = expect_line(&mut reader, MAX_REPLY_LINE)?;
         let expected = self
             .chunks

@@ -10,20 +10,29 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use crate::connection::{Ahead, Connection, RequestError};
+use crate::pace::SpeedFloor;
 
 pub struct Pool {
     addr: SocketAddr,
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
+    /// The progress deadline of every connection opened here.
+    floor: SpeedFloor,
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr, max_idle: usize) -> Pool {
+    pub fn new(addr: SocketAddr, max_idle: usize, floor: SpeedFloor) -> Pool {
         Pool {
             addr,
             idle: Mutex::new(Vec::new()),
             max_idle,
+            floor,
         }
+    }
+
+    /// The progress deadline of this server's connections.
+    pub fn floor(&self) -> SpeedFloor {
+        self.floor
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -35,7 +44,7 @@ impl Pool {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let Some(mut conn) = idle else {
-                return Connection::open(self.addr);
+                return Connection::open(self.addr, self.floor);
             };
             if conn.settle().is_ok() {
                 return Ok(conn);
@@ -68,7 +77,7 @@ impl Pool {
         std::thread::scope(|scope| {
             for i in 0..missing {
                 scope.spawn(move || {
-                    let Ok(mut conn) = Connection::open(self.addr) else {
+                    let Ok(mut conn) = Connection::open(self.addr, self.floor) else {
                         return;
                     };
                     let sent = ahead(i).into_iter().try_for_each(|a| conn.send_ahead(a));

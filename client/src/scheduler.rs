@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use fastdl_protocol::{validate_name, Listing};
+use fastdl_support::printable;
 use fastdl_support::shutdown::Shutdown;
 use log::{error, info, warn};
 
@@ -87,10 +88,10 @@ impl Scheduler {
         let (result_tx, results) = crossbeam_channel::unbounded();
         let (verified_tx, verified_rx) = crossbeam_channel::unbounded();
         {
-            let (out, result_tx) = (downloader.out.clone(), result_tx.clone());
+            let result_tx = result_tx.clone();
             let spawned = std::thread::Builder::new()
                 .name("lander".into())
-                .spawn(move || lander::run(out, verified_rx, result_tx));
+                .spawn(move || lander::run(verified_rx, result_tx));
             if let Err(e) = spawned {
                 error!("cannot start the landing thread: {e}");
             }
@@ -185,11 +186,12 @@ impl Scheduler {
                 continue;
             }
             if let Err(e) = validate_name(&name) {
-                warn!("{name:?}: not a valid name ({e}); ignored");
+                warn!("{}: not a valid name ({e}); ignored", printable(&name));
                 if self.policy.once {
+                    let shown = printable(&name).into_owned();
                     self.summary
                         .failed
-                        .push((name, format!("not a valid name: {e}")));
+                        .push((shown, format!("not a valid name: {e}")));
                 }
                 continue;
             }

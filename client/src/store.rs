@@ -7,46 +7,84 @@
 //! digest means the download is already done; one with a different digest
 //! is never touched, and the new file takes the first free `name (N).ext`.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use fastdl_protocol::{Digest, Entry};
 use log::info;
-use rustix::fs::{renameat_with, RenameFlags, CWD};
+use rustix::io::Errno;
 
-/// Where the verified file for `name` lands (before any renaming).
-pub fn final_path(out: &Path, name: &str) -> PathBuf {
-    name.split('/')
-        .fold(out.to_path_buf(), |p, part| p.join(part))
+use crate::outdir::{Folder, Found, OutDir};
+
+/// Where one name lands: its folder, open (reached without following a
+/// link), and the file's name in it. The part file and the journal are
+/// hidden siblings of that name.
+#[derive(Debug)]
+pub struct Spot {
+    pub folder: Folder,
+    pub leaf: String,
 }
 
-/// The hidden part file beside the final path.
-pub fn part_path(final_path: &Path) -> PathBuf {
-    sibling(final_path, "fastdl-part")
+impl Spot {
+    /// The spot of `name` if its folder exists; `Ok(None)` if not.
+    pub fn find(out: &OutDir, name: &str) -> io::Result<Option<Spot>> {
+        Ok(out
+            .folder_of(name, false)?
+            .map(|folder| Spot::in_folder(folder, name)))
+    }
+
+    /// The spot of `name`, its folders created as needed.
+    pub fn make(out: &OutDir, name: &str) -> io::Result<Spot> {
+        let folder = out
+            .folder_of(name, true)?
+            .ok_or_else(|| io::Error::other("folder vanished while it was made"))?;
+        Ok(Spot::in_folder(folder, name))
+    }
+
+    fn in_folder(folder: Folder, name: &str) -> Spot {
+        let leaf = name.rsplit('/').next().unwrap_or(name).to_owned();
+        Spot { folder, leaf }
+    }
+
+    /// The hidden part file's name.
+    pub fn part(&self) -> String {
+        sibling(&self.leaf, "fastdl-part")
+    }
+
+    /// The hidden journal's name.
+    pub fn journal(&self) -> String {
+        sibling(&self.leaf, "fastdl-journal")
+    }
+
+    /// The final path, for messages.
+    pub fn path(&self) -> PathBuf {
+        self.folder.path_of(&self.leaf)
+    }
+
+    /// The part file's path, for messages.
+    pub fn part_path(&self) -> PathBuf {
+        self.folder.path_of(&self.part())
+    }
 }
 
 /// A hidden sibling `.<file name>.<suffix>`, shortened with a digest of
 /// the name when it would exceed the usual 255-byte file-name limit.
-pub fn sibling(final_path: &Path, suffix: &str) -> PathBuf {
-    let file_name = final_path.file_name().unwrap_or_default().to_string_lossy();
-    let hidden = if file_name.len() + suffix.len() + 2 <= 255 {
-        format!(".{file_name}.{suffix}")
+pub fn sibling(leaf: &str, suffix: &str) -> String {
+    if leaf.len() + suffix.len() + 2 <= 255 {
+        format!(".{leaf}.{suffix}")
     } else {
-        let digest = Digest::of(file_name.as_bytes()).to_string();
+        let digest = Digest::of(leaf.as_bytes()).to_string();
         format!(".fastdl-{}.{suffix}", &digest[..32])
-    };
-    final_path.with_file_name(hidden)
+    }
 }
 
 /// `name.ext` -> `name (n).ext`; `name` -> `name (n)`; `.rc` -> `.rc (n)`.
 /// The stem is shortened when the result would pass the 255-byte limit.
-pub fn numbered(path: &Path, n: u32) -> PathBuf {
-    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let (stem, ext) = match file_name.rfind('.') {
-        Some(dot) if dot > 0 => file_name.split_at(dot),
-        _ => (&file_name[..], ""),
+pub fn numbered(leaf: &str, n: u32) -> String {
+    let (stem, ext) = match leaf.rfind('.') {
+        Some(dot) if dot > 0 => leaf.split_at(dot),
+        _ => (leaf, ""),
     };
     let tag = format!(" ({n})");
     let room = 255usize.saturating_sub(tag.len() + ext.len());
@@ -54,25 +92,17 @@ pub fn numbered(path: &Path, n: u32) -> PathBuf {
     while !stem.is_char_boundary(cut) {
         cut -= 1;
     }
-    path.with_file_name(format!("{}{tag}{ext}", &stem[..cut]))
+    format!("{}{tag}{ext}", &stem[..cut])
 }
 
-/// BLAKE3 of a file on disk.
-pub fn digest_of_file(path: &Path) -> io::Result<Digest> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap_rayon(path)?;
-    Ok(Digest(*hasher.finalize().as_bytes()))
-}
-
-/// True if `path` is a regular file (not a symlink) holding exactly the listed file.
-fn holds(path: &Path, entry: &Entry) -> io::Result<bool> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() && meta.len() == entry.size => {
-            Ok(digest_of_file(path)? == entry.digest)
+/// True if `leaf` in `folder` is a regular file (not a link) holding
+/// exactly the listed file.
+fn holds(folder: &Folder, leaf: &str, entry: &Entry) -> io::Result<bool> {
+    match folder.look(leaf)? {
+        Found::File { size } if size == entry.size => {
+            Ok(folder.digest_of(leaf)? == Some(entry.digest))
         }
-        Ok(_) => Ok(false),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+        _ => Ok(false),
     }
 }
 
@@ -81,54 +111,42 @@ const MAX_NUMBERED: u32 = 9999;
 
 /// If the listed file is already in the output folder (under its name or a
 /// `name (N).ext` of an earlier collision), where.
-pub fn already_have(out: &Path, entry: &Entry) -> io::Result<Option<PathBuf>> {
-    let path = final_path(out, &entry.name);
-    if fs::symlink_metadata(&path).is_err() {
+pub fn already_have(out: &OutDir, entry: &Entry) -> io::Result<Option<PathBuf>> {
+    let Some(spot) = Spot::find(out, &entry.name)? else {
+        return Ok(None);
+    };
+    let folder = &spot.folder;
+    if folder.look(&spot.leaf)? == Found::Nothing {
         return Ok(None);
     }
-    if holds(&path, entry)? {
-        return Ok(Some(path));
+    if holds(folder, &spot.leaf, entry)? {
+        return Ok(Some(spot.path()));
     }
     for n in 1..=MAX_NUMBERED {
-        let candidate = numbered(&path, n);
-        if fs::symlink_metadata(&candidate).is_err() {
+        let candidate = numbered(&spot.leaf, n);
+        if folder.look(&candidate)? == Found::Nothing {
             return Ok(None);
         }
-        if holds(&candidate, entry)? {
-            return Ok(Some(candidate));
+        if holds(folder, &candidate, entry)? {
+            return Ok(Some(folder.path_of(&candidate)));
         }
     }
     Ok(None)
 }
 
 /// Opens (creating) the part file and gives it its full size up front.
-/// Anything at the part path that is not a regular file (a symlink planted
-/// there, say) is removed first, and the open never follows a symlink, so
+/// Anything at the part's name that is not a regular file (a link planted
+/// there, say) is removed first, and nothing is opened through a link, so
 /// bytes are only ever written inside the output folder.
-pub fn open_part(part: &Path, size: u64) -> io::Result<File> {
-    if let Some(parent) = part.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    if let Ok(meta) = fs::symlink_metadata(part) {
-        if !meta.is_file() {
-            log::warn!("{}: not a regular file; removing it", part.display());
-            fs::remove_file(part)?;
-        }
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(part)?;
+pub fn open_part(spot: &Spot, size: u64) -> io::Result<File> {
+    let file = spot.folder.open_writable(&spot.part())?;
     if file.metadata()?.len() != size {
         file.set_len(size)?;
     }
     if size > 0 {
         // Reserve the blocks now so a full disk shows up before the transfer.
         match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, size) {
-            Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {}
+            Ok(()) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -146,46 +164,50 @@ pub enum Landed {
 }
 
 /// Moves a verified, already flushed part file to its final name without
-/// ever replacing a file. The caller fsyncs the folder afterwards (once per
-/// folder for a batch: see `lander`).
-pub fn place(part: &Path, entry: &Entry, out: &Path) -> io::Result<Landed> {
-    let target = final_path(out, &entry.name);
-    let mut candidate = target.clone();
+/// ever replacing a file. The caller flushes the folder afterwards (once
+/// per folder for a batch: see `lander`).
+pub fn place(spot: &Spot, entry: &Entry) -> io::Result<Landed> {
+    let folder = &spot.folder;
+    let part = spot.part();
+    let mut candidate = spot.leaf.clone();
     let mut n = 0;
     loop {
-        match renameat_with(CWD, part, CWD, &candidate, RenameFlags::NOREPLACE) {
+        match folder.rename_new(&part, &candidate) {
             Ok(()) => break,
-            Err(rustix::io::Errno::EXIST) => {
-                if holds(&candidate, entry)? {
-                    fs::remove_file(part)?;
-                    return Ok(Landed::AlreadyThere(candidate));
+            Err(Errno::EXIST) => {
+                if holds(folder, &candidate, entry)? {
+                    folder.remove(&part)?;
+                    return Ok(Landed::AlreadyThere(folder.path_of(&candidate)));
                 }
                 n += 1;
                 if n > MAX_NUMBERED {
                     return Err(io::Error::other(format!(
                         "{} and {MAX_NUMBERED} numbered variants already exist",
-                        target.display()
+                        spot.path().display()
                     )));
                 }
-                candidate = numbered(&target, n);
+                candidate = numbered(&spot.leaf, n);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    if candidate != target {
+    let landed = folder.path_of(&candidate);
+    if candidate != spot.leaf {
         info!(
             "{}: a different file already exists at {}; kept the new download as {}",
             entry.name,
-            target.display(),
-            candidate.display()
+            spot.path().display(),
+            landed.display()
         );
     }
-    Ok(Landed::New(candidate))
+    Ok(Landed::New(landed))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::Path;
 
     fn entry(name: &str, content: &[u8]) -> Entry {
         Entry {
@@ -196,79 +218,79 @@ mod tests {
     }
 
     #[test]
-    fn paths_stay_in_the_folder_and_parts_are_hidden() {
-        let out = Path::new("/o");
-        assert_eq!(final_path(out, "a/b c.txt"), Path::new("/o/a/b c.txt"));
-        assert_eq!(
-            part_path(Path::new("/o/a/b.txt")),
-            Path::new("/o/a/.b.txt.fastdl-part")
-        );
+    fn parts_are_hidden_siblings() {
+        assert_eq!(sibling("b.txt", "fastdl-part"), ".b.txt.fastdl-part");
         let long = "x".repeat(250);
-        let part = part_path(&Path::new("/o").join(&long));
-        assert!(part.file_name().unwrap().len() <= 255);
-        assert!(part.file_name().unwrap().to_string_lossy().starts_with('.'));
+        let part = sibling(&long, "fastdl-part");
+        assert!(part.len() <= 255);
+        assert!(part.starts_with(".fastdl-"));
     }
 
     #[test]
     fn numbered_names_keep_the_extension() {
-        assert_eq!(
-            numbered(Path::new("/o/a.tar.gz"), 1),
-            Path::new("/o/a.tar (1).gz")
-        );
-        assert_eq!(
-            numbered(Path::new("/o/movie.mkv"), 2),
-            Path::new("/o/movie (2).mkv")
-        );
-        assert_eq!(
-            numbered(Path::new("/o/README"), 1),
-            Path::new("/o/README (1)")
-        );
-        assert_eq!(numbered(Path::new("/o/.rc"), 1), Path::new("/o/.rc (1)"));
+        assert_eq!(numbered("a.tar.gz", 1), "a.tar (1).gz");
+        assert_eq!(numbered("movie.mkv", 2), "movie (2).mkv");
+        assert_eq!(numbered("README", 1), "README (1)");
+        assert_eq!(numbered(".rc", 1), ".rc (1)");
         let long = format!("{}.bin", "é".repeat(125));
-        let n = numbered(&Path::new("/o").join(&long), 12);
-        let name = n.file_name().unwrap().to_str().unwrap();
+        let name = numbered(&long, 12);
         assert!(name.len() <= 255 && name.ends_with(" (12).bin"), "{name}");
+    }
+
+    fn put_part(out: &OutDir, name: &str, content: &[u8]) -> Spot {
+        let spot = Spot::make(out, name).unwrap();
+        spot.folder.replace(&spot.part(), ".tmp", content).unwrap();
+        spot
     }
 
     #[test]
     fn placing_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path();
+        let out = OutDir::open(dir.path()).unwrap();
+        let root = dir.path();
         let e = entry("f.txt", b"new");
         // Nothing there: lands under its name.
-        let part = part_path(&final_path(out, "f.txt"));
-        fs::write(&part, b"new").unwrap();
-        assert_eq!(
-            place(&part, &e, out).unwrap(),
-            Landed::New(out.join("f.txt"))
-        );
+        let spot = put_part(&out, "f.txt", b"new");
+        assert_eq!(place(&spot, &e).unwrap(), Landed::New(root.join("f.txt")));
         // Same content there: the part goes away, nothing changes.
-        fs::write(&part, b"new").unwrap();
+        let spot = put_part(&out, "f.txt", b"new");
         assert_eq!(
-            place(&part, &e, out).unwrap(),
-            Landed::AlreadyThere(out.join("f.txt"))
+            place(&spot, &e).unwrap(),
+            Landed::AlreadyThere(root.join("f.txt"))
         );
-        assert!(!part.exists());
+        assert!(!spot.part_path().exists());
         // Different content there: kept, new one numbered.
         let e2 = entry("f.txt", b"newer");
-        fs::write(&part, b"newer").unwrap();
+        let spot = put_part(&out, "f.txt", b"newer");
         assert_eq!(
-            place(&part, &e2, out).unwrap(),
-            Landed::New(out.join("f (1).txt"))
+            place(&spot, &e2).unwrap(),
+            Landed::New(root.join("f (1).txt"))
         );
-        assert_eq!(fs::read(out.join("f.txt")).unwrap(), b"new");
-        assert_eq!(already_have(out, &e2).unwrap(), Some(out.join("f (1).txt")));
-        assert_eq!(already_have(out, &e).unwrap(), Some(out.join("f.txt")));
-        assert_eq!(already_have(out, &entry("f.txt", b"other")).unwrap(), None);
+        assert_eq!(fs::read(root.join("f.txt")).unwrap(), b"new");
+        assert_eq!(
+            already_have(&out, &e2).unwrap(),
+            Some(root.join("f (1).txt"))
+        );
+        assert_eq!(already_have(&out, &e).unwrap(), Some(root.join("f.txt")));
+        assert_eq!(already_have(&out, &entry("f.txt", b"other")).unwrap(), None);
+        assert_eq!(
+            already_have(&out, &entry("no/such/dir", b"x")).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn part_files_get_their_size() {
         let dir = tempfile::tempdir().unwrap();
-        let part = dir.path().join("sub/.x.fastdl-part");
-        let f = open_part(&part, 12345).unwrap();
+        let out = OutDir::open(dir.path()).unwrap();
+        let spot = Spot::make(&out, "sub/x").unwrap();
+        let f = open_part(&spot, 12345).unwrap();
         assert_eq!(f.metadata().unwrap().len(), 12345);
-        let f = open_part(&part, 0).unwrap();
+        let f = open_part(&spot, 0).unwrap();
         assert_eq!(f.metadata().unwrap().len(), 0);
+        assert_eq!(
+            spot.part_path(),
+            Path::new(dir.path()).join("sub/.x.fastdl-part")
+        );
     }
 }

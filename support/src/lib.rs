@@ -5,6 +5,38 @@
 pub mod logging;
 pub mod shutdown;
 
+/// Longest quoted text in a log line, in characters.
+pub const QUOTE_LIMIT: usize = 120;
+
+/// Text that came from a peer or from a user's file, fit for one log
+/// line: in double quotes, control characters escaped, and cut to
+/// [`QUOTE_LIMIT`] characters with its full length noted. A 50 MB line in
+/// input.txt is logged as its first 120 characters, not copied whole.
+pub fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(QUOTE_LIMIT) + 24);
+    out.push('"');
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(QUOTE_LIMIT) {
+        out.extend(c.escape_debug());
+    }
+    out.push('"');
+    if chars.next().is_some() {
+        out.push_str(&format!("… ({} bytes)", text.len()));
+    }
+    out
+}
+
+/// `text` as it is when it is short and has no control characters, else
+/// [`quote`]d: for names that did not pass the name rules, shown in a log
+/// line or a summary.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().count() <= QUOTE_LIMIT && !text.chars().any(char::is_control) {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(quote(text))
+    }
+}
+
 /// Human-readable byte count (binary units).
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -60,6 +92,23 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn quotes_are_bounded_and_on_one_line() {
+        assert_eq!(quote("a b"), "\"a b\"");
+        assert_eq!(quote("x\ny\0"), "\"x\\ny\\0\"");
+        let long = "é".repeat(50_000);
+        let q = quote(&long);
+        assert!(
+            q.starts_with(&format!("\"{}\"", "é".repeat(QUOTE_LIMIT))),
+            "{q}"
+        );
+        assert!(q.ends_with("… (100000 bytes)"), "{q}");
+        assert!(q.len() < 400);
+        assert_eq!(printable("../x"), "../x");
+        assert_eq!(printable("a\nb"), "\"a\\nb\"");
+        assert!(printable(&long).len() < 400);
     }
 
     #[test]

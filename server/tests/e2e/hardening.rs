@@ -180,7 +180,9 @@ fn half_a_line_behind_a_whole_one_meets_the_line_deadline() {
     let reply = raw.line();
     let waited = started.elapsed();
     assert!(
-        reply.as_deref().is_some_and(|r| r.starts_with("ERROR TIMEOUT")),
+        reply
+            .as_deref()
+            .is_some_and(|r| r.starts_with("ERROR TIMEOUT")),
         "{reply:?}"
     );
     assert!(waited < Duration::from_secs(8), "held for {waited:?}");
@@ -191,7 +193,10 @@ fn accepted(reply: &str) -> (Vec<u16>, String) {
     let fields: Vec<&str> = reply.split(' ').collect();
     assert_eq!(fields.first(), Some(&"ACCEPTED"), "{reply:?}");
     let n: usize = fields[1].parse().unwrap();
-    let ports = fields[3..3 + n].iter().map(|p| p.parse().unwrap()).collect();
+    let ports = fields[3..3 + n]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
     (ports, fields[3 + n].to_owned())
 }
 
@@ -206,11 +211,7 @@ fn one_address_cannot_hold_every_plan() {
     // One stream per plan (the table's megabyte made 10 MB), and far more
     // than the socket buffers hold.
     write_file(&res.join("big.bin"), 48 << 20, 3);
-    let server = Server::start(
-        &res,
-        &tmp.path().join("srv"),
-        &["--plan-unit", "10000000"],
-    );
+    let server = Server::start(&res, &tmp.path().join("srv"), &["--plan-unit", "10000000"]);
     let attacker: IpAddr = "127.0.0.2".parse().unwrap();
     let mut held = Vec::new();
     let mut refused = None;
