@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fastdl_protocol::digest::piece_range;
 use fastdl_protocol::line::expect_line;
-use fastdl_protocol::plan::{chunk_count, FrameHeader};
+use fastdl_protocol::plan::{chunk_count, chunks_of_stream, FrameHeader};
 use fastdl_protocol::{ProtocolError, Reply, Request, MAX_REPLY_LINE};
 use fastdl_support::shutdown::Shutdown;
 use log::{info, warn};
@@ -120,10 +120,7 @@ impl Stream<'_> {
         )?;
         let mut reader = BufReader::with_capacity(64 * 1024, Paced::new(stream, floor));
         let line = expect_line(&mut reader, MAX_REPLY_LINE)?;
-        let expected = self
-            .chunks
-            .saturating_sub(self.index)
-            .div_ceil(self.streams);
+        let expected = chunks_of_stream(self.chunks, self.streams as u32, self.index as u32);
         match Reply::parse(&line)? {
             Reply::Stream { index, chunks } if index as u64 == self.index && chunks == expected => {
             }

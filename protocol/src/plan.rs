@@ -51,6 +51,17 @@ pub fn chunk_count(size: u64) -> u64 {
     size.div_ceil(CHUNK_SIZE)
 }
 
+/// Number of chunks stream `index` of `streams` carries (chunk K goes on
+/// stream K mod N).
+pub fn chunks_of_stream(chunks: u64, streams: u32, index: u32) -> u64 {
+    let (streams, index) = (streams.max(1) as u64, index as u64);
+    if index >= chunks {
+        0
+    } else {
+        (chunks - index).div_ceil(streams)
+    }
+}
+
 /// The binary header in front of every chunk on a data stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -125,6 +136,17 @@ mod tests {
         let bytes = h.encode();
         assert_eq!(bytes, [1, 2, 3, 4, 5, 6, 7, 8, 0x0A, 0x0B, 0x0C, 0x0D]);
         assert_eq!(FrameHeader::decode(&bytes), h);
+    }
+
+    #[test]
+    fn chunks_spread_round_robin() {
+        assert_eq!(chunks_of_stream(10, 3, 0), 4); // 0 3 6 9
+        assert_eq!(chunks_of_stream(10, 3, 1), 3); // 1 4 7
+        assert_eq!(chunks_of_stream(10, 3, 2), 3); // 2 5 8
+        assert_eq!(chunks_of_stream(1, 8, 5), 0);
+        assert_eq!(chunks_of_stream(0, 1, 0), 0);
+        let total: u64 = (0..7).map(|i| chunks_of_stream(1000, 7, i)).sum();
+        assert_eq!(total, 1000);
     }
 
     #[test]

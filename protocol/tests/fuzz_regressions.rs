@@ -20,12 +20,12 @@ const HEX: &str = "3b1c6f0e1d8d1c4b6e5f2a7b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7
 
 #[test]
 fn line_limit_edges_hold_with_one_byte_buffers() {
-    // The limit counts the newline: limit - 1 bytes of text is the most.
+    // The limit counts the text, not its ending.
     for (text_len, limit, fits) in [
-        (0, 0, false),
-        (0, 1, true),
-        (4095, 4096, true),
-        (4096, 4096, false),
+        (0, 0, true),
+        (1, 0, false),
+        (4096, 4096, true),
+        (4097, 4096, false),
     ] {
         let mut input = vec![b'x'; text_len];
         input.push(b'\n');

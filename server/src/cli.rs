@@ -44,11 +44,18 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub rescan: u64,
 
-    /// Most connections served at once; past it a client gets "ERROR BUSY".
-    #[arg(long, default_value_t = 512, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections: u64,
+    /// Most connections open at once [default: 10000, or fewer if the file
+    /// descriptor limit does not allow it; the log says which]. A new
+    /// connection past it closes the one that has waited longest for a
+    /// request (idle, or trickling one), with "ERROR TIMEOUT"; only when
+    /// every connection is busy with a request is the new one refused
+    /// ("ERROR BUSY").
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
 
-    /// Most connections served at once for one client address.
+    /// Most connections open at once from one client address. An address
+    /// at its limit loses its own longest-waiting connection first; it is
+    /// refused ("ERROR BUSY") only when all of its connections are busy.
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_per_client: u64,
 
@@ -61,9 +68,18 @@ pub struct Args {
     #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout: u64,
 
-    /// Close a connection whose reader accepts no data for SECS seconds.
-    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub write_timeout: u64,
+    /// Progress deadline for everything sent: a peer that takes less than
+    /// RATE bytes per second over --speed-time seconds (a slow or stalled
+    /// reader) is cut off. What counts is what the peer takes, not what
+    /// fills the socket buffers. K, M, G suffixes allowed.
+    #[arg(long, default_value = "1K", value_name = "RATE", value_parser = parse_size)]
+    pub speed_limit: u64,
+
+    /// The window, in seconds, over which --speed-limit is judged
+    /// (--write-timeout is an older name for it).
+    #[arg(long, alias = "write-timeout", default_value_t = 10, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub speed_time: u64,
 
     /// Largest byte range one GET may ask for (K, M, G suffixes allowed).
     #[arg(long, default_value = "64M", value_name = "BYTES", value_parser = parse_size)]
@@ -73,6 +89,10 @@ pub struct Args {
     /// gets "ERROR BUSY". A plan is open from ACCEPTED until its streams finish.
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_plans: u64,
+
+    /// Most N-stream plans open at once for one client address.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_plans_per_client: u64,
 
     /// Bytes to the plan size table's megabyte (the table: 1 stream under 10 MB
     /// ... 8 streams over 1 GB). Only for tests that want several streams from

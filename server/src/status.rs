@@ -1,4 +1,4 @@
-//! Counters for the status report, and the thread that logs it every
+//! Counters for the status report, and the task that logs it every
 //! `--status-interval` seconds.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
+use crate::net::table::Table;
 use fastdl_support::human_bytes;
-use fastdl_support::shutdown::Shutdown;
 
 /// Counters of one listening port.
 #[derive(Debug, Default)]
@@ -56,21 +56,19 @@ impl Stats {
     }
 }
 
-/// Logs a status line every `interval` until shutdown.
-pub fn run_reporter(stats: Arc<Stats>, interval: Duration, shutdown: Arc<Shutdown>) {
+/// Logs a status line every `interval`, for the life of the runtime.
+pub async fn run_reporter(stats: Arc<Stats>, table: Arc<Table>, interval: Duration) {
     let mut last_sent = stats.total_sent();
     let mut last_time = Instant::now();
-    let tick = Duration::from_millis(100);
-    while !shutdown.is_requested() {
-        if last_time.elapsed() < interval {
-            std::thread::sleep(tick.min(interval));
-            continue;
-        }
+    let mut ticks = tokio::time::interval_at((last_time + interval).into(), interval);
+    loop {
+        ticks.tick().await;
         let sent = stats.total_sent();
         let secs = last_time.elapsed().as_secs_f64().max(1e-9);
         let rate = (sent - last_sent) as f64 / secs;
         last_sent = sent;
         last_time = Instant::now();
+        let counts = table.counts();
         let ports: Vec<String> = stats
             .ports
             .iter()
@@ -85,12 +83,16 @@ pub fn run_reporter(stats: Arc<Stats>, interval: Duration, shutdown: Arc<Shutdow
             })
             .collect();
         info!(
-            "status: {} connections, {} active transfers, {} sent, {}/s, {} refused | {}",
+            "status: {} connections ({} waiting for a request, {} busy), {} active transfers, \
+             {} sent, {}/s, {} refused, {} closed to make room | {}",
             stats.total_active(),
+            counts.waiting,
+            counts.busy,
             stats.active_transfers.load(Ordering::Relaxed),
             human_bytes(sent),
             human_bytes(rate as u64),
             stats.refused.load(Ordering::Relaxed),
+            counts.evicted,
             ports.join(" | ")
         );
     }

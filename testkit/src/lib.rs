@@ -30,6 +30,37 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Raises this process's soft limit of open files to `want` (or the hard
+/// limit, if lower), for tests that hold thousands of connections.
+pub fn raise_fd_limit(want: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let want = limit.maximum.map_or(want, |max| max.min(want));
+    if limit.current.is_some_and(|current| current < want) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: limit.maximum,
+            },
+        );
+    }
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (any of
+/// 127.0.0.0/8): many clients, as far as the server can tell, from one
+/// test.
+pub fn connect_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    use rustix::net::{bind, connect, socket, AddressFamily, SocketType};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None)?;
+    bind(&fd, &SocketAddr::new(source, 0))?;
+    connect(&fd, &addr)?;
+    Ok(std::net::TcpStream::from(fd))
+}
+
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after `deadline`.
 pub fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let end = Instant::now() + deadline;

@@ -81,9 +81,8 @@ fn a_server_killed_mid_file_is_dropped_and_the_others_finish() {
     let mut cmd = with_servers(&work, &[&a, &b, &c]);
     cmd.args(["--once", "--limit-rate", "6M", "--connections", "2"]);
     let child = std::thread::spawn(move || run_with_deadline(&mut cmd, DEADLINE));
-    wait_until(DEADLINE, "server b to send something", || {
-        b.log_text().contains("connected")
-    });
+    // Pieces are spread over the three servers from the start: once some
+    // landed (the journal is written), b has been sending.
     let journal = work.join("data/.g.bin.fastdl-journal");
     wait_until(DEADLINE, "some pieces to land", || journal.exists());
     b.kill();

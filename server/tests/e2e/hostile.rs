@@ -366,26 +366,31 @@ fn endless_line(addr: SocketAddr, sniff: Arc<Sniff>) -> String {
         );
         sent.push(feeder.join().unwrap());
     }
-    // The limit is exact: 4095 bytes and a newline is a request, one more is not.
+    // The limit is exact and counts the text: 4096 bytes and a line
+    // ending is a request, one more byte is not.
     let who = "line at the 4096-byte limit";
     let mut conn = Conn::hello(addr, &sniff, who);
-    let fill = |total: usize| format!("GET 0 1 {}\n", "n".repeat(total - "GET 0 1 \n".len()));
-    conn.send(fill(4096).as_bytes()).unwrap();
-    let reply = conn.line().unwrap();
-    assert!(reply.starts_with("WRONG_INPUT"), "{who}: {reply:?}");
+    let fill = |text: usize, ending: &str| {
+        format!("GET 0 1 {}{ending}", "n".repeat(text - "GET 0 1 ".len()))
+    };
+    for ending in ["\n", "\r\n"] {
+        conn.send(fill(4096, ending).as_bytes()).unwrap();
+        let reply = conn.line().unwrap();
+        assert!(reply.starts_with("WRONG_INPUT"), "{who}: {reply:?}");
+    }
     assert_eq!(
         conn.list().len(),
         3,
         "{who}: connection unusable after a full-length line"
     );
-    conn.send(fill(4097).as_bytes()).unwrap();
+    conn.send(fill(4097, "\n").as_bytes()).unwrap();
     let reply = conn.line().unwrap();
     assert!(reply.starts_with("ERROR TOO_LONG "), "{who}: {reply:?}");
     assert!(conn.rest().is_empty());
     format!(
         "2 connections: one `ERROR TOO_LONG` line each, then closed (the sender wrote {sent:?} \
-         bytes of 10 MiB before the reset); a 4096-byte line gets WRONG_INPUT and the \
-         connection goes on, 4097 gets TOO_LONG and the close"
+         bytes of 10 MiB before the reset); a line of 4096 bytes (LF or CRLF after it) gets \
+         WRONG_INPUT and the connection goes on, 4097 gets TOO_LONG and the close"
     )
 }
 
@@ -872,24 +877,9 @@ where
 
 /// Room for the idle connections (two descriptors each here, one in the
 /// server, which inherits the limit) where the soft limit is the usual 1024.
-fn raise_fd_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let want = limit.maximum.map_or(8192, |max| max.min(8192));
-    if limit.current.is_some_and(|current| current < want) {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(want),
-                maximum: limit.maximum,
-            },
-        );
-    }
-}
-
 #[test]
 fn hostile_battery_while_a_client_downloads() {
-    raise_fd_limit();
+    fastdl_testkit::raise_fd_limit(8192);
     let scene = scene();
     let server = Arc::new(start_server(&scene, &[]));
     let addr = server.addr;

@@ -1,16 +1,22 @@
 //! Keeps the catalog current: file-system events (notify) trigger a rescan
 //! shortly after they settle, and a periodic rescan catches what events
 //! miss (network file systems, overflowed event queues).
+//!
+//! The watch never follows a link out of the folder (a link to the folder
+//! holding the server's log would otherwise turn every log line into an
+//! event, a rescan and maybe another log line), and events on the
+//! server's own files (its list file and log, when they sit inside the
+//! folder) are ignored for the same reason.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, warn};
-use notify::{RecursiveMode, Watcher};
+use notify::{Config, RecommendedWatcher, RecursiveMode, Watcher};
 
-use crate::catalog::Catalog;
-use fastdl_support::shutdown::Shutdown;
+use super::Catalog;
 
 /// How long events must be quiet before a rescan (editors and copies
 /// produce bursts).
@@ -19,16 +25,21 @@ const SETTLE: Duration = Duration::from_millis(150);
 /// Starts the notify watcher, forwarding events into `wake`. The watcher
 /// must be kept alive by the caller. A failure is logged and the periodic
 /// rescan carries on alone.
-pub fn watch(catalog: &Catalog, wake: Sender<()>) -> Option<notify::RecommendedWatcher> {
+pub fn watch(catalog: &Catalog, wake: Sender<()>) -> Option<RecommendedWatcher> {
+    let own: Vec<PathBuf> = catalog.excluded().to_vec();
     let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
         // Reads (ours when hashing and serving, or anyone's) change nothing.
-        if let Ok(event) = event {
-            if !matches!(event.kind, notify::EventKind::Access(_)) {
-                let _ = wake.try_send(());
-            }
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let only_ours = !event.paths.is_empty() && event.paths.iter().all(|p| own.contains(p));
+        if !only_ours {
+            let _ = wake.try_send(());
         }
     };
-    let mut watcher = match notify::recommended_watcher(handler) {
+    let config = Config::default().with_follow_symlinks(false);
+    let mut watcher = match RecommendedWatcher::new(handler, config) {
         Ok(w) => w,
         Err(e) => {
             warn!("cannot watch the resources folder ({e}); relying on the periodic rescan");
@@ -45,29 +56,15 @@ pub fn watch(catalog: &Catalog, wake: Sender<()>) -> Option<notify::RecommendedW
     Some(watcher)
 }
 
-/// Rescans on every settled burst of events and every `period`, until shutdown.
-pub fn run_rescans(
-    catalog: Arc<Catalog>,
-    wake: Receiver<()>,
-    period: Duration,
-    shutdown: Arc<Shutdown>,
-) {
-    let mut next_periodic = Instant::now() + period;
-    let tick = Duration::from_millis(200);
-    while !shutdown.is_requested() {
-        let wait = next_periodic
-            .saturating_duration_since(Instant::now())
-            .min(tick);
-        let woke = wake.recv_timeout(wait).is_ok();
-        if !woke && Instant::now() < next_periodic {
-            continue;
-        }
-        if woke {
+/// Rescans on every settled burst of events and every `period`, for the
+/// life of the process (the thread ends with it).
+pub fn run_rescans(catalog: Arc<Catalog>, wake: Receiver<()>, period: Duration) {
+    loop {
+        if wake.recv_timeout(period).is_ok() {
             // Let the burst settle.
             while wake.recv_timeout(SETTLE).is_ok() {}
+            debug!("files changed in {}; rescanning", catalog.root().display());
         }
-        next_periodic = Instant::now() + period;
-        debug!("rescanning {}", catalog.root().display());
         if let Err(e) = catalog.rescan() {
             warn!("rescan failed: {e:#}");
         }

@@ -5,19 +5,27 @@
 //! inside the folder), computes each file's BLAKE3 piece tree once per
 //! (path, size, mtime), publishes an immutable [`Snapshot`] that sessions
 //! read without locking, and rewrites the list file atomically whenever
-//! the published list changes.
+//! the published list changes. Submodules: `scan` (what is a candidate),
+//! `open` (the one safe way to open a file of the folder), `listfile`
+//! (`text.txt`), `watch` (when to rescan).
 
-use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{BufReader, Write};
-use std::path::{Component, Path, PathBuf};
+pub mod listfile;
+pub mod open;
+pub mod scan;
+pub mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use fastdl_protocol::{validate_name, Entry, Listing, PieceTree};
+use fastdl_protocol::{Entry, Listing, PieceTree};
 use log::{debug, info, warn};
-use walkdir::WalkDir;
+
+use self::open::{open_regular, Listed, OpenError};
 
 /// What the server knows about one published file.
 #[derive(Debug, Clone)]
@@ -29,11 +37,25 @@ pub struct FileInfo {
     pub tree: Arc<PieceTree>,
 }
 
+impl FileInfo {
+    /// What an open of this file checks against.
+    pub fn listed(&self) -> Listed<'_> {
+        Listed {
+            path: &self.path,
+            size: self.size,
+            mtime: self.mtime,
+        }
+    }
+}
+
 /// One published state of the folder: the list and the files behind it.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub listing: Listing,
     pub files: HashMap<String, FileInfo>,
+    /// The whole `LIST` reply, rendered once per change and shared by
+    /// every session (a list of a million files is 140 MB of text).
+    pub list_reply: Arc<[u8]>,
 }
 
 /// The folder being published and its current snapshot.
@@ -45,6 +67,8 @@ pub struct Catalog {
     current: RwLock<Arc<Snapshot>>,
     /// Digest cache: canonical path -> (size, mtime, tree).
     cache: Mutex<HashMap<PathBuf, FileInfo>>,
+    /// Skipped entries already reported (see [`scan::walk`]).
+    reported: Mutex<HashSet<String>>,
     scan_lock: Mutex<()>,
 }
 
@@ -67,6 +91,7 @@ impl Catalog {
             excluded,
             current: RwLock::new(Arc::new(Snapshot::default())),
             cache: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashSet::new()),
             scan_lock: Mutex::new(()),
         })
     }
@@ -74,6 +99,12 @@ impl Catalog {
     /// The canonical resources folder.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The paths the server writes itself (never published, and their
+    /// changes are not changes of the folder).
+    pub fn excluded(&self) -> &[PathBuf] {
+        &self.excluded
     }
 
     /// The snapshot sessions serve from.
@@ -88,31 +119,37 @@ impl Catalog {
     /// and rewrites the list file if the list changed. Returns whether it did.
     pub fn rescan(&self) -> Result<bool> {
         let _one_at_a_time = self.scan_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let found = self.walk();
+        let found = {
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            scan::walk(&self.root, &self.excluded, &mut reported)
+        };
         let mut files = HashMap::with_capacity(found.len());
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let mut fresh_cache = HashMap::with_capacity(found.len());
-        for (name, path, size, mtime) in found {
+        for found in found {
             let cached = cache
-                .get(&path)
-                .filter(|c| c.size == size && c.mtime == mtime)
+                .get(&found.real)
+                .filter(|c| c.size == found.size && c.mtime == found.mtime)
                 .cloned();
             let info = match cached {
                 Some(info) => info,
-                None => match hash_file(&path, size, mtime) {
+                None => match hash_file(&found.real, found.size, found.mtime) {
                     Ok(Some(info)) => info,
                     Ok(None) => {
-                        debug!("{name}: changed while hashing; will retry on the next scan");
+                        debug!(
+                            "{}: changed while hashing; will retry on the next scan",
+                            found.name
+                        );
                         continue;
                     }
                     Err(e) => {
-                        warn!("{name}: cannot read, not listed: {e:#}");
+                        warn!("{}: cannot read, not listed: {e:#}", found.name);
                         continue;
                     }
                 },
             };
-            fresh_cache.insert(path, info.clone());
-            files.insert(name, info);
+            fresh_cache.insert(found.real, info.clone());
+            files.insert(found.name, info);
         }
         *cache = fresh_cache;
         drop(cache);
@@ -129,121 +166,40 @@ impl Catalog {
         let previous = self.snapshot();
         let changed = previous.listing != listing || !self.list_path.exists();
         if changed {
-            self.write_list(&listing)?;
+            listfile::write(&self.list_path, &listing)?;
             log_changes(&previous.listing, &listing);
         }
-        let snapshot = Arc::new(Snapshot { listing, files });
+        let list_reply = if changed || previous.list_reply.is_empty() {
+            let mut reply = Vec::new();
+            listing
+                .write_reply(&mut reply)
+                .context("cannot render the list")?;
+            Arc::from(reply)
+        } else {
+            Arc::clone(&previous.list_reply)
+        };
+        let snapshot = Arc::new(Snapshot {
+            listing,
+            files,
+            list_reply,
+        });
         match self.current.write() {
             Ok(mut guard) => *guard = snapshot,
             Err(poisoned) => *poisoned.into_inner() = snapshot,
         }
         Ok(changed)
     }
-
-    /// Lists candidate files: (name, canonical path, size, mtime).
-    fn walk(&self) -> Vec<(String, PathBuf, u64, SystemTime)> {
-        let mut found = Vec::new();
-        let walker = WalkDir::new(&self.root)
-            .follow_links(false)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry(|e| e.depth() == 0 || !is_hidden(e.file_name()));
-        for entry in walker {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => {
-                    warn!("scan: {e}");
-                    continue;
-                }
-            };
-            let file_type = entry.file_type();
-            if file_type.is_dir() {
-                continue;
-            }
-            let Some(name) = self.name_of(entry.path()) else {
-                continue;
-            };
-            // Symlinks count only when they resolve to a regular file inside
-            // the folder; everything else that is not a regular file is skipped.
-            let real = match fs::canonicalize(entry.path()) {
-                Ok(real) => real,
-                Err(e) => {
-                    debug!("{name}: skipped ({e})");
-                    continue;
-                }
-            };
-            if file_type.is_symlink() && !real.starts_with(&self.root) {
-                warn!("{name}: symlink leads out of the folder, not listed");
-                continue;
-            }
-            if self.excluded.contains(&real) {
-                continue;
-            }
-            let meta = match fs::metadata(&real) {
-                Ok(meta) if meta.is_file() => meta,
-                _ => continue,
-            };
-            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            found.push((name, real, meta.len(), mtime));
-        }
-        found
-    }
-
-    /// The protocol name of a path under the root, if it is a valid name.
-    fn name_of(&self, path: &Path) -> Option<String> {
-        let rel = path.strip_prefix(&self.root).ok()?;
-        let mut parts = Vec::new();
-        for component in rel.components() {
-            match component {
-                Component::Normal(part) => match part.to_str() {
-                    Some(part) => parts.push(part),
-                    None => {
-                        warn!("{}: name is not valid UTF-8, not listed", path.display());
-                        return None;
-                    }
-                },
-                _ => return None,
-            }
-        }
-        let name = parts.join("/");
-        match validate_name(&name) {
-            Ok(()) => Some(name),
-            Err(e) => {
-                warn!("{name:?}: not listed ({e})");
-                None
-            }
-        }
-    }
-
-    /// Replaces the list file atomically: temp file, fsync, rename.
-    fn write_list(&self, listing: &Listing) -> Result<()> {
-        let path = &self.list_path;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let file_name = path
-            .file_name()
-            .context("list file path has no file name")?
-            .to_string_lossy();
-        let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(listing.to_text().as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)
-        };
-        write().with_context(|| format!("cannot write list file {}", path.display()))?;
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
 }
 
-/// Hashes a file; `Ok(None)` if it changed while being hashed.
+/// Hashes a file; `Ok(None)` if it changed while being hashed (or is no
+/// longer a regular file: opened the one safe way, a FIFO swapped in
+/// costs nothing).
 fn hash_file(path: &Path, size: u64, mtime: SystemTime) -> Result<Option<FileInfo>> {
-    let file = File::open(path)?;
+    let file = match open_regular(path) {
+        Ok(file) => file,
+        Err(OpenError::Io(e)) => return Err(e.into()),
+        Err(_) => return Ok(None),
+    };
     let reader = BufReader::with_capacity(1 << 20, &file);
     let tree = match PieceTree::from_reader(reader, size) {
         Ok(tree) => tree,
@@ -260,10 +216,6 @@ fn hash_file(path: &Path, size: u64, mtime: SystemTime) -> Result<Option<FileInf
         mtime,
         tree: Arc::new(tree),
     }))
-}
-
-fn is_hidden(name: &std::ffi::OsStr) -> bool {
-    name.as_encoded_bytes().first() == Some(&b'.')
 }
 
 fn absolute(path: &Path) -> std::io::Result<PathBuf> {

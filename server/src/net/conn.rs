@@ -1,0 +1,214 @@
+//! One client connection's bytes: request lines in, replies and data out.
+//!
+//! Reading: a connection waiting for a request holds no thread and no
+//! buffer; bytes are read (when the socket says they are there) into a
+//! buffer that exists only while part of a request line is held. Two
+//! deadlines apply: `--idle-timeout` for the first byte of a request, and
+//! `--request-timeout` for a begun line to complete, counted from its
+//! first byte, whether that byte arrived alone or behind a whole earlier
+//! line in the same packet (issue 15, break 6). Lines longer than
+//! `MAX_REQUEST_LINE` end the connection.
+//!
+//! Writing goes through [`crate::transfer`], every send held to the
+//! progress deadline.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fastdl_protocol::line::{take_line, Scan};
+use fastdl_protocol::{ProtocolError, MAX_REQUEST_LINE};
+use tokio::net::TcpStream;
+
+/// Bytes read from the socket at a time while gathering request lines.
+const READ_CHUNK: usize = 4096;
+
+/// How long a connection may take over its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct LineTimeouts {
+    /// Waiting for the first byte of a request.
+    pub idle: Duration,
+    /// A begun request line must be complete within this.
+    pub per_line: Duration,
+}
+
+/// Why no request line came.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// The peer closed the connection between requests.
+    #[error("connection closed")]
+    Closed,
+    /// The peer closed the connection inside a request line.
+    #[error("connection closed inside a request line")]
+    ClosedMidLine,
+    /// A line longer than the limit: the connection must be closed.
+    #[error("request line longer than {MAX_REQUEST_LINE} bytes")]
+    TooLong,
+    /// A whole line that is not text (consumed: the next may be fine).
+    #[error("{0}")]
+    BadText(ProtocolError),
+    #[error("no request for {} s", .0.as_secs())]
+    Idle(Duration),
+    #[error("request line not completed within {} s", .0.as_secs())]
+    Slow(Duration),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A client connection.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// Bytes received and not yet taken as lines (empty, and unallocated,
+    /// while waiting between requests).
+    pending: Vec<u8>,
+    /// When the first byte of the line being gathered arrived.
+    line_began: Option<Instant>,
+    /// When the connection began to wait for its next request.
+    idle_since: Instant,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, peer: SocketAddr) -> Conn {
+        Conn {
+            stream,
+            peer,
+            pending: Vec::new(),
+            line_began: None,
+            idle_since: Instant::now(),
+        }
+    }
+
+    /// The connection starts waiting for its next request now.
+    pub fn begin_wait(&mut self) -> Instant {
+        self.idle_since = Instant::now();
+        self.idle_since
+    }
+
+    /// Whether bytes of a further request are already here.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The next request line, within the deadlines.
+    pub async fn next_line(&mut self, timeouts: LineTimeouts) -> Result<String, LineError> {
+        loop {
+            if let Some(line) = self.take_line()? {
+                return line;
+            }
+            let deadline = match self.line_began {
+                Some(began) => began + timeouts.per_line,
+                None => self.idle_since + timeouts.idle,
+            };
+            match tokio::time::timeout_at(deadline.into(), self.stream.readable()).await {
+                Ok(ready) => ready?,
+                Err(_) if self.line_began.is_some() => {
+                    return Err(LineError::Slow(timeouts.per_line))
+                }
+                Err(_) => return Err(LineError::Idle(timeouts.idle)),
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            match self.stream.try_read(&mut chunk) {
+                Ok(0) if self.pending.is_empty() => return Err(LineError::Closed),
+                Ok(0) => return Err(LineError::ClosedMidLine),
+                Ok(n) => {
+                    if self.pending.is_empty() {
+                        self.line_began = Some(Instant::now());
+                    }
+                    self.pending.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// A whole line from what was received, if there is one.
+    #[allow(clippy::type_complexity)]
+    fn take_line(&mut self) -> Result<Option<Result<String, LineError>>, LineError> {
+        match take_line(&self.pending, MAX_REQUEST_LINE) {
+            Scan::Partial => Ok(None),
+            Scan::TooLong => Err(LineError::TooLong),
+            Scan::Line { text, consumed } => {
+                self.pending.drain(..consumed);
+                if self.pending.is_empty() {
+                    // Nothing held between requests.
+                    self.pending = Vec::new();
+                    self.line_began = None;
+                } else {
+                    // The next line began when these bytes arrived, which
+                    // is no later than now.
+                    self.line_began = Some(Instant::now());
+                }
+                Ok(Some(text.map_err(|e| match e {
+                    ProtocolError::LineTooLong { .. } => LineError::TooLong,
+                    e => LineError::BadText(e),
+                })))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    const QUICK: LineTimeouts = LineTimeouts {
+        idle: Duration::from_secs(30),
+        per_line: Duration::from_millis(300),
+    };
+
+    async fn pair() -> (Conn, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        (Conn::new(server, peer), client)
+    }
+
+    #[tokio::test]
+    async fn half_a_line_behind_a_whole_one_meets_the_line_deadline() {
+        let (mut conn, mut client) = pair().await;
+        client.write_all(b"FASTDL 1\r\nLI").await.unwrap();
+        assert_eq!(conn.next_line(QUICK).await.unwrap(), "FASTDL 1");
+        let started = Instant::now();
+        let err = conn.next_line(QUICK).await.unwrap_err();
+        assert!(matches!(err, LineError::Slow(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn lines_of_exactly_the_limit_pass_and_longer_ones_end_it() {
+        let (mut conn, mut client) = pair().await;
+        let mut line = vec![b'a'; MAX_REQUEST_LINE];
+        line.extend_from_slice(b"\r\n");
+        client.write_all(&line).await.unwrap();
+        assert_eq!(conn.next_line(QUICK).await.unwrap().len(), MAX_REQUEST_LINE);
+        client
+            .write_all(&vec![b'b'; MAX_REQUEST_LINE + 3])
+            .await
+            .unwrap();
+        assert!(matches!(
+            conn.next_line(QUICK).await,
+            Err(LineError::TooLong)
+        ));
+    }
+
+    #[tokio::test]
+    async fn bad_text_is_one_bad_line_and_idle_memory_is_freed() {
+        let (mut conn, mut client) = pair().await;
+        client.write_all(b"\xff\xfe\nLIST\n").await.unwrap();
+        assert!(matches!(
+            conn.next_line(QUICK).await,
+            Err(LineError::BadText(_))
+        ));
+        assert_eq!(conn.next_line(QUICK).await.unwrap(), "LIST");
+        assert_eq!(conn.pending.capacity(), 0);
+        drop(client);
+        assert!(matches!(
+            conn.next_line(QUICK).await,
+            Err(LineError::Closed)
+        ));
+    }
+}

@@ -1,0 +1,65 @@
+//! File descriptors, and the connection limits they allow.
+//!
+//! At start the soft `RLIMIT_NOFILE` is raised to the hard limit (the
+//! usual default soft limit, 1024, is far below what an event loop can
+//! hold). The default connection limit is then 10,000, or fewer if the
+//! descriptors do not allow it: each connection is one descriptor, and a
+//! reserve stays free for the listeners, the open plans (up to 8 ports
+//! and 8 streams each), the files being served and the log.
+
+use log::warn;
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+
+/// The default most connections, where descriptors allow it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Descriptors kept free for everything but client connections.
+pub fn reserve(max_plans: usize) -> usize {
+    64 + max_plans * 16
+}
+
+/// Raises the soft descriptor limit to the hard one; returns the limit
+/// now in force.
+pub fn raise_nofile() -> u64 {
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), hard) = (limit.current, limit.maximum) else {
+        // Unlimited: nothing to raise.
+        return u64::MAX;
+    };
+    let want = hard.unwrap_or(current.max(1 << 20));
+    if want > current {
+        let raised = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: hard,
+            },
+        );
+        if let Err(e) = raised {
+            warn!("cannot raise the file descriptor limit from {current} to {want}: {e}");
+            return current;
+        }
+    }
+    want
+}
+
+/// The default connection limit for `nofile` descriptors.
+pub fn default_max_connections(nofile: u64, max_plans: usize) -> usize {
+    let usable = usize::try_from(nofile).unwrap_or(usize::MAX);
+    DEFAULT_MAX_CONNECTIONS
+        .min(usable.saturating_sub(reserve(max_plans)))
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_fits_the_descriptors() {
+        assert_eq!(default_max_connections(1 << 20, 16), 10_000);
+        assert_eq!(default_max_connections(1024, 16), 1024 - 64 - 256);
+        assert_eq!(default_max_connections(10, 16), 1);
+        assert!(raise_nofile() >= 1024);
+    }
+}

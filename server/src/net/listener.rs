@@ -1,0 +1,111 @@
+//! Accepting connections on every listening port: each new connection is
+//! admitted to the connection table (which may close a waiting one to make
+//! room) and gets its own task, or is refused with one `ERROR BUSY` line
+//! when only busy connections stand in the way.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use fastdl_protocol::{ErrorCode, Reply};
+use log::{debug, warn};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::conn::Conn;
+use super::session::serve;
+use super::table::Refusal;
+use super::Ctx;
+use crate::transfer::{self, pace::SpeedFloor};
+
+/// How long a refused connection may take to receive its one line.
+const REFUSAL_DEADLINE: Duration = Duration::from_millis(500);
+
+/// Binds every `(ip, port)`; port 0 picks a free port. Must run inside
+/// the runtime.
+pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            listener.set_nonblocking(true)?;
+            Ok(TcpListener::from_std(listener)?)
+        })
+        .collect()
+}
+
+/// Accepts on `listener` (the `index`-th port) until shutdown.
+pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, index: usize, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        transfer::tune_for_bulk(&stream);
+        match ctx.table.admit(peer.ip(), Instant::now()) {
+            Ok((ticket, admitted)) => {
+                if admitted.evicted > 0 {
+                    debug!(
+                        "{peer}: admitted; {} waiting connection(s) closed to make room",
+                        admitted.evicted
+                    );
+                }
+                let ctx = Arc::clone(&ctx);
+                tokio::spawn(serve(ctx, Conn::new(stream, peer), ticket, index));
+            }
+            Err(refusal) => {
+                ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
+                debug!("{peer}: refused: {refusal}");
+                tokio::spawn(refuse(stream, refusal, ctx.config.send_floor));
+            }
+        }
+    }
+}
+
+/// Sends one `ERROR BUSY` line and closes.
+async fn refuse(stream: TcpStream, refusal: Refusal, floor: SpeedFloor) {
+    let line = format!("{}\n", Reply::error(ErrorCode::Busy, refusal.to_string()));
+    let _ = tokio::time::timeout(
+        REFUSAL_DEADLINE,
+        transfer::write_all(&stream, line.as_bytes(), floor),
+    )
+    .await;
+    linger_close(&stream, REFUSAL_DEADLINE).await;
+}
+
+/// Closes our side after a last line, and reads (and drops) what the peer
+/// still sends for up to `wait`: closing with its requests unread would
+/// make the kernel answer with a reset, which can destroy our last line
+/// in the peer's buffer before it reads it.
+pub async fn linger_close(stream: &TcpStream, wait: Duration) {
+    let _ = rustix::net::shutdown(stream, rustix::net::Shutdown::Write);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut drained = 0usize;
+    while drained < 1 << 20 {
+        if tokio::time::timeout_at(deadline, stream.readable())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut scratch = [0u8; 4096];
+        match stream.try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The network side of the server: listeners, the connection table, one
+//! task per connection speaking the protocol.
+//!
+//! # Why an event loop, and why tokio
+//!
+//! A connection waiting for a request used to hold a thread (and its
+//! stack), so the connection limit could not be raised past a few
+//! hundred, and 600 idle connections from anywhere locked every client out
+//! (issue 16). Now a waiting connection is a socket registered with epoll
+//! and a small task; its buffer exists only while it holds part of a
+//! request line. The event loop is tokio's (multi-threaded runtime, one
+//! worker per core), chosen over a hand-driven mio loop because every
+//! connection needs several deadlines (idle, request line, progress of
+//! each send, eviction, shutdown), which tokio's timers and `select!`
+//! give without a timer wheel of our own, and because TLS and the HTTP
+//! face plug into the same streams. Measured (bench/, "idle" case):
+//! 10,000 idle connections cost the server about 25 MB in all, 2.5 KB
+//! each.
+//!
+//! Transfers run in the same loop on non-blocking sockets (`sendfile`
+//! for plaintext), each send waiting for the socket, never blocking a
+//! worker; the 1 GiB loopback transfer is as fast as it was with one
+//! thread per connection (BENCHMARKS.md).
+//!
+//! Submodules: `listener` (accept, admit or refuse), `table` (limits and
+//! eviction), `conn` (request lines in, with their deadlines), `session`
+//! (the protocol), `limits` (file descriptors and the defaults they allow).
+
+pub mod conn;
+pub mod limits;
+pub mod listener;
+pub mod session;
+pub mod table;
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use self::conn::LineTimeouts;
+use self::table::Table;
+use crate::catalog::Catalog;
+use crate::status::Stats;
+use crate::transfer::pace::SpeedFloor;
+use crate::transfer::plan::Plans;
+
+/// Settings every connection shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Deadlines for request lines.
+    pub lines: LineTimeouts,
+    /// The progress deadline of every send.
+    pub send_floor: SpeedFloor,
+    /// Largest range one `GET` may ask for.
+    pub max_range: u64,
+}
+
+/// What every connection shares with the rest of the server.
+pub struct Ctx {
+    pub catalog: Arc<Catalog>,
+    pub stats: Arc<Stats>,
+    pub table: Arc<Table>,
+    pub plans: Arc<Plans>,
+    pub config: Config,
+    /// Asks the catalog for an early rescan (a file changed under us).
+    pub rescan: Sender<()>,
+}

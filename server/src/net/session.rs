@@ -1,0 +1,468 @@
+//! One client connection speaking the fastdl protocol: reads request
+//! lines, answers them in order, sends data.
+//!
+//! A session handles any number of requests, so a client reuses one
+//! connection for many ranged reads and many files. Anything wrong in a
+//! request gets one clear reply line; a framing problem (an overlong line,
+//! a timeout) gets one and then the connection is closed, as do 32 refused
+//! requests in a row (whatever the refusal: a malformed line, a request
+//! before the version exchange, an unlisted name, a range outside the
+//! file). While it waits for a request the session may be closed to make
+//! room for another connection (see `table`); while it answers one, it may
+//! not.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fastdl_protocol::digest::piece_count;
+use fastdl_protocol::{Digest, ErrorCode, Reply, Request, VERSION};
+use fastdl_support::human_bytes;
+use log::{debug, info, warn};
+
+use super::conn::{Conn, LineError};
+use super::table::Ticket;
+use super::Ctx;
+use crate::catalog::open::{OpenError, OpenFile};
+use crate::catalog::FileInfo;
+use crate::status::PortStats;
+use crate::transfer::{self, plan::PlanRequest, SendError};
+
+/// Consecutive refused requests tolerated before the connection is closed.
+const MAX_BAD_REQUESTS: u32 = 32;
+
+/// How long a last word (`ERROR TIMEOUT` to an evicted connection) may take.
+const LAST_WORD: Duration = Duration::from_secs(1);
+
+/// Digest lines sent per write of a `PIECES` reply.
+const DIGESTS_PER_WRITE: usize = 1024;
+
+/// What a handled request means for the connection.
+enum Next {
+    Continue,
+    Close,
+}
+
+/// What answering a request amounted to, for the bad-request count.
+enum Verdict {
+    Served,
+    Refused,
+}
+
+struct Session<'a> {
+    conn: Conn,
+    ctx: &'a Ctx,
+    port: &'a PortStats,
+    port_index: usize,
+    greeted: bool,
+    requests: u64,
+    sent: u64,
+    files: BTreeMap<String, u64>,
+    /// The last file served, kept open for the next ranged read of it.
+    held: Option<(String, OpenFile)>,
+}
+
+/// What ended the wait for a request.
+enum Waited {
+    Line(Result<String, LineError>),
+    Closed,
+}
+
+/// Serves one connection until the peer leaves, errs, is evicted, or the
+/// server shuts down.
+pub async fn serve(ctx: Arc<Ctx>, conn: Conn, ticket: Ticket, port_index: usize) {
+    let port = &ctx.stats.ports[port_index];
+    port.accepted.fetch_add(1, Ordering::Relaxed);
+    port.active.fetch_add(1, Ordering::Relaxed);
+    let peer = conn.peer;
+    let started = Instant::now();
+    let mut session = Session {
+        conn,
+        ctx: &ctx,
+        port,
+        port_index,
+        greeted: false,
+        requests: 0,
+        sent: 0,
+        files: BTreeMap::new(),
+        held: None,
+    };
+    debug!("{peer}: connected on port {}", port.port);
+    let mut bad = 0u32;
+    loop {
+        if !session.conn.has_pending() {
+            ticket.waiting(session.conn.begin_wait());
+        }
+        let waited = tokio::select! {
+            biased;
+            () = ticket.close.cancelled() => Waited::Closed,
+            line = session.conn.next_line(ctx.config.lines) => Waited::Line(line),
+        };
+        ticket.busy();
+        let line = match waited {
+            Waited::Closed => {
+                if ticket.evicted() {
+                    debug!("{peer}: closed to make room for a new connection");
+                    let why = "closed to make room: the server is full and this connection was idle longest";
+                    session
+                        .last_word(&Reply::error(ErrorCode::Timeout, why))
+                        .await;
+                }
+                break;
+            }
+            Waited::Line(line) => line,
+        };
+        let (verdict, next) = match line {
+            Ok(line) => {
+                session.requests += 1;
+                match Request::parse(&line) {
+                    Ok(request) => session.handle(request).await,
+                    Err(e) => {
+                        debug!("{peer}: bad request: {e}");
+                        session.refuse(&Reply::wrong_input(e.to_string())).await
+                    }
+                }
+            }
+            Err(LineError::BadText(e)) => session.refuse(&Reply::wrong_input(e.to_string())).await,
+            Err(LineError::Closed) => break,
+            Err(e @ (LineError::ClosedMidLine | LineError::Io(_))) => {
+                debug!("{peer}: {e}");
+                break;
+            }
+            Err(e @ LineError::TooLong) => {
+                warn!("{peer}: {e}, closing");
+                session
+                    .last_word(&Reply::error(ErrorCode::TooLong, e.to_string()))
+                    .await;
+                break;
+            }
+            Err(e @ (LineError::Idle(_) | LineError::Slow(_))) => {
+                info!("{peer}: {e}; closing");
+                session
+                    .last_word(&Reply::error(ErrorCode::Timeout, e.to_string()))
+                    .await;
+                break;
+            }
+        };
+        bad = match verdict {
+            Verdict::Served => 0,
+            Verdict::Refused => bad + 1,
+        };
+        if bad >= MAX_BAD_REQUESTS {
+            warn!("{peer}: {bad} refused requests in a row, closing");
+            break;
+        }
+        if let Next::Close = next {
+            break;
+        }
+    }
+    port.active.fetch_sub(1, Ordering::Relaxed);
+    session.log_summary(started);
+}
+
+impl Session<'_> {
+    /// Sends one reply line.
+    async fn reply(&mut self, reply: &Reply) -> Result<(), SendError> {
+        let mut line = reply.to_string();
+        line.push('\n');
+        transfer::write_all(
+            &self.conn.stream,
+            line.as_bytes(),
+            self.ctx.config.send_floor,
+        )
+        .await
+    }
+
+    /// Sends a reply; a failed send closes the connection.
+    async fn answer(&mut self, reply: &Reply, verdict: Verdict) -> (Verdict, Next) {
+        match self.reply(reply).await {
+            Ok(()) => (verdict, Next::Continue),
+            Err(e) => {
+                debug!("{}: connection lost: {e}", self.conn.peer);
+                (verdict, Next::Close)
+            }
+        }
+    }
+
+    async fn refuse(&mut self, reply: &Reply) -> (Verdict, Next) {
+        self.answer(reply, Verdict::Refused).await
+    }
+
+    /// A last line before closing, given a short time at most.
+    async fn last_word(&mut self, reply: &Reply) {
+        if tokio::time::timeout(LAST_WORD, self.reply(reply))
+            .await
+            .is_ok()
+        {
+            super::listener::linger_close(&self.conn.stream, LAST_WORD).await;
+        }
+    }
+
+    async fn handle(&mut self, request: Request) -> (Verdict, Next) {
+        debug!("{}: {}", self.conn.peer, request);
+        if !self.greeted {
+            return match request {
+                Request::Hello { version } if version == VERSION => {
+                    self.greeted = true;
+                    self.answer(&Reply::Hello { version: VERSION }, Verdict::Served)
+                        .await
+                }
+                Request::Hello { version } => {
+                    let msg =
+                        format!("version {version} is not supported; this server speaks {VERSION}");
+                    self.refuse(&Reply::error(ErrorCode::Version, msg)).await;
+                    (Verdict::Refused, Next::Close)
+                }
+                Request::Quit => {
+                    let _ = self.reply(&Reply::Bye).await;
+                    (Verdict::Served, Next::Close)
+                }
+                _ => {
+                    let msg = format!("send \"FASTDL {VERSION}\" first");
+                    self.refuse(&Reply::error(ErrorCode::Handshake, msg)).await
+                }
+            };
+        }
+        match request {
+            Request::Hello { .. } => {
+                self.answer(&Reply::Hello { version: VERSION }, Verdict::Served)
+                    .await
+            }
+            Request::List => {
+                let listing = Arc::clone(&self.ctx.catalog.snapshot().list_reply);
+                let sent =
+                    transfer::write_all(&self.conn.stream, &listing, self.ctx.config.send_floor)
+                        .await;
+                self.after_send(sent, Verdict::Served)
+            }
+            Request::Pieces { name } => self.pieces(&name).await,
+            Request::Get {
+                offset,
+                length,
+                name,
+            } => self.get(offset, length, name).await,
+            Request::Plan { name } => self.plan(&name).await,
+            Request::Join { .. } => {
+                self.refuse(&Reply::wrong_input("JOIN belongs on a plan's data port"))
+                    .await
+            }
+            Request::Quit => {
+                let _ = self.reply(&Reply::Bye).await;
+                (Verdict::Served, Next::Close)
+            }
+        }
+    }
+
+    fn after_send(&self, sent: Result<(), SendError>, verdict: Verdict) -> (Verdict, Next) {
+        match sent {
+            Ok(()) => (verdict, Next::Continue),
+            Err(e) => {
+                info!("{}: reply cut: {e}", self.conn.peer);
+                (verdict, Next::Close)
+            }
+        }
+    }
+
+    /// The listed file `name`, or the refusal to send.
+    fn listed(&self, name: &str) -> Result<FileInfo, Reply> {
+        self.ctx
+            .catalog
+            .snapshot()
+            .files
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Reply::wrong_input(format!("not listed: {name}")))
+    }
+
+    async fn pieces(&mut self, name: &str) -> (Verdict, Next) {
+        let info = match self.listed(name) {
+            Ok(info) => info,
+            Err(refusal) => return self.refuse(&refusal).await,
+        };
+        let header = Reply::Pieces {
+            size: info.size,
+            piece_size: fastdl_protocol::PIECE_SIZE,
+            count: piece_count(info.size),
+        };
+        let mut text = format!("{header}\n");
+        let floor = self.ctx.config.send_floor;
+        // In slices: a huge file's digests are never one buffer.
+        for digests in info.tree.pieces.chunks(DIGESTS_PER_WRITE) {
+            push_digests(&mut text, digests);
+            if let Err(e) = transfer::write_all(&self.conn.stream, text.as_bytes(), floor).await {
+                return self.after_send(Err(e), Verdict::Served);
+            }
+            text.clear();
+        }
+        text.push_str("END\n");
+        let sent = transfer::write_all(&self.conn.stream, text.as_bytes(), floor).await;
+        self.after_send(sent, Verdict::Served)
+    }
+
+    /// Makes [`Self::held`] the open file for a listed name: the one this
+    /// session already holds if it is still exactly what was listed, else a
+    /// freshly opened and checked one. On refusal, the reply to give.
+    fn hold(&mut self, name: &str, info: &FileInfo) -> Result<(), Reply> {
+        let reusable = matches!(&self.held, Some((held, file)) if held == name && file.still_listed(&info.listed()));
+        if !reusable {
+            self.held = None;
+            let peer = self.conn.peer;
+            let file = match OpenFile::open(self.ctx.catalog.root(), &info.listed()) {
+                Ok(file) => file,
+                Err(OpenError::Changed(why)) => {
+                    info!("{peer}: {name}: {why}");
+                    let _ = self.ctx.rescan.try_send(());
+                    return Err(Reply::error(ErrorCode::Changed, format!("{name}: {why}")));
+                }
+                Err(OpenError::Outside) => {
+                    warn!("{peer}: {name}: no longer a regular file inside the folder; refused");
+                    let _ = self.ctx.rescan.try_send(());
+                    return Err(Reply::wrong_input(format!("not served: {name}")));
+                }
+                Err(OpenError::Io(e)) => {
+                    warn!("{peer}: {name}: cannot open: {e}");
+                    return Err(Reply::error(ErrorCode::Io, format!("{name}: cannot read")));
+                }
+            };
+            self.held = Some((name.to_owned(), file));
+        }
+        Ok(())
+    }
+
+    async fn get(&mut self, offset: u64, length: u64, name: String) -> (Verdict, Next) {
+        let info = match self.listed(&name) {
+            Ok(info) => info,
+            Err(refusal) => return self.refuse(&refusal).await,
+        };
+        if offset.checked_add(length).is_none_or(|end| end > info.size) {
+            let msg = format!(
+                "range {offset}+{length} is outside {name} ({} bytes)",
+                info.size
+            );
+            return self.refuse(&Reply::wrong_input(msg)).await;
+        }
+        let max_range = self.ctx.config.max_range;
+        if length > max_range {
+            let msg = format!("ranges are limited to {max_range} bytes per request");
+            return self.refuse(&Reply::error(ErrorCode::Limit, msg)).await;
+        }
+        if let Err(refusal) = self.hold(&name, &info) {
+            return self.refuse(&refusal).await;
+        }
+        let Some((_, file)) = self.held.as_ref() else {
+            return (Verdict::Served, Next::Close);
+        };
+        file.will_need(offset, length);
+        let header = format!("{}\n", Reply::Data { length });
+        let stats = &self.ctx.stats;
+        stats.active_transfers.fetch_add(1, Ordering::Relaxed);
+        let stream = &self.conn.stream;
+        let result = transfer::send_range(
+            stream,
+            header.as_bytes(),
+            &file.file,
+            (offset, length),
+            &mut transfer::pace(stream, self.ctx.config.send_floor),
+            &self.port.bytes_sent,
+        )
+        .await;
+        stats.active_transfers.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                self.sent += length;
+                *self.files.entry(name).or_default() += length;
+                (Verdict::Served, Next::Continue)
+            }
+            Err(e) => {
+                info!(
+                    "{}: {name}: transfer of {offset}+{length} cut: {e}",
+                    self.conn.peer
+                );
+                (Verdict::Served, Next::Close)
+            }
+        }
+    }
+
+    /// Answers `PLAN <name>`: `ACCEPTED ...` with the ports already open,
+    /// or a refusal.
+    async fn plan(&mut self, name: &str) -> (Verdict, Next) {
+        let info = match self.listed(name) {
+            Ok(info) => info,
+            Err(refusal) => return self.refuse(&refusal).await,
+        };
+        if let Err(refusal) = self.hold(name, &info) {
+            return self.refuse(&refusal).await;
+        }
+        let file = match self.held.as_ref().map(|(_, f)| f.file.try_clone()) {
+            Some(Ok(file)) => file,
+            _ => {
+                let reply = Reply::error(ErrorCode::Io, format!("{name}: cannot read"));
+                return self.refuse(&reply).await;
+            }
+        };
+        let local = match self.conn.stream.local_addr() {
+            Ok(addr) => addr.ip(),
+            Err(e) => {
+                let reply = Reply::error(ErrorCode::Io, format!("cannot set up a plan: {e}"));
+                return self.refuse(&reply).await;
+            }
+        };
+        let reply = self.ctx.plans.offer(PlanRequest {
+            name,
+            file,
+            size: info.size,
+            local,
+            peer: self.conn.peer,
+            port: self.port_index,
+        });
+        let verdict = if matches!(reply, Reply::Accepted { .. }) {
+            Verdict::Served
+        } else {
+            Verdict::Refused
+        };
+        self.answer(&reply, verdict).await
+    }
+
+    fn log_summary(&self, started: Instant) {
+        let peer: SocketAddr = self.conn.peer;
+        if self.requests == 0 {
+            debug!(
+                "{peer}: closed after {:.1} s without a request",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        let files: Vec<String> = self
+            .files
+            .iter()
+            .take(5)
+            .map(|(name, bytes)| format!("{name} ({})", human_bytes(*bytes)))
+            .collect();
+        let more = self.files.len().saturating_sub(5);
+        info!(
+            "{peer}: closed after {:.1} s, {} requests, {} sent{}{}",
+            started.elapsed().as_secs_f64(),
+            self.requests,
+            human_bytes(self.sent),
+            if files.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", files.join(", "))
+            },
+            if more > 0 {
+                format!(" and {more} more files")
+            } else {
+                String::new()
+            },
+        );
+    }
+}
+
+fn push_digests(text: &mut String, digests: &[Digest]) {
+    use std::fmt::Write;
+    for digest in digests {
+        let _ = writeln!(text, "{digest}");
+    }
+}
