@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use fastdl_support::quote;
 use fastdl_support::shutdown::Shutdown;
 use log::{debug, warn};
 use notify::{RecursiveMode, Watcher};
@@ -21,15 +20,17 @@ use notify::{RecursiveMode, Watcher};
 /// Most bytes of input.txt that are read (a larger file is read this far).
 pub const MAX_INPUT_BYTES: u64 = 64 << 20;
 
-/// Longest line taken from input.txt. A name is at most 1024 bytes; the
-/// rest is room for what may follow it. A longer line (input.txt linked to
-/// /dev/zero, a pasted binary) is skipped with one bounded warning.
+/// Longest line taken whole from input.txt. A name is at most 1024
+/// bytes; the rest is room for what may follow it. A longer line
+/// (input.txt linked to /dev/zero, a pasted binary) is cut here: what is
+/// left is not a valid name and is refused as one, shown bounded in the
+/// log and the summary.
 pub const MAX_INPUT_LINE: usize = 16 << 10;
 
 /// The names in the text of input.txt, in order, each once: one name per
 /// line, trimmed; blank lines and `#` comments skipped; CRLF and a leading
-/// BOM tolerated. Lines that are not UTF-8, or longer than
-/// [`MAX_INPUT_LINE`], are skipped.
+/// BOM tolerated. Lines that are not UTF-8 are skipped; lines longer than
+/// [`MAX_INPUT_LINE`] are cut to it.
 pub fn parse_names(content: &[u8]) -> Vec<String> {
     let content = content
         .strip_prefix("\u{feff}".as_bytes())
@@ -37,17 +38,13 @@ pub fn parse_names(content: &[u8]) -> Vec<String> {
     let mut seen = HashSet::new();
     let mut names = Vec::new();
     for raw in content.split(|&b| b == b'\n') {
-        if raw.len() > MAX_INPUT_LINE {
-            let start = String::from_utf8_lossy(&raw[..200]);
-            warn!(
-                "input: skipped a line of {} bytes (longest taken: {MAX_INPUT_LINE}) starting {}",
-                raw.len(),
-                quote(&start)
-            );
-            continue;
-        }
-        let Ok(line) = std::str::from_utf8(raw) else {
-            continue;
+        let line = match std::str::from_utf8(&raw[..raw.len().min(MAX_INPUT_LINE)]) {
+            Ok(line) => line,
+            // Cut inside a character: keep what came before it.
+            Err(e) if e.error_len().is_none() && raw.len() > MAX_INPUT_LINE => {
+                std::str::from_utf8(&raw[..e.valid_up_to()]).unwrap_or_default()
+            }
+            Err(_) => continue,
         };
         let name = line.trim();
         if name.is_empty() || name.starts_with('#') {
@@ -201,11 +198,15 @@ mod tests {
     }
 
     #[test]
-    fn overlong_lines_are_skipped() {
-        let mut bytes = vec![0u8; 5 << 20];
-        bytes.extend_from_slice(b"\nok\n");
-        bytes.extend(std::iter::repeat_n(b'a', MAX_INPUT_LINE + 1));
-        assert_eq!(parse_names(&bytes), ["ok"]);
+    fn overlong_lines_are_cut() {
+        let mut bytes = vec![b'z'; 5 << 20];
+        bytes.extend_from_slice("\nok\n".as_bytes());
+        bytes.extend("é".repeat(MAX_INPUT_LINE).as_bytes());
+        let names = parse_names(&bytes);
+        assert_eq!(names.len(), 3);
+        assert_eq!(names[0].len(), MAX_INPUT_LINE);
+        assert_eq!(names[1], "ok");
+        assert_eq!(names[2], "é".repeat(MAX_INPUT_LINE / 2));
     }
 
     #[test]

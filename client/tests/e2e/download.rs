@@ -438,3 +438,44 @@ fn a_slow_but_steady_transfer_is_never_cut() {
     assert_exit(&output, 0, &env);
     assert_eq!(hash_file(&env.out_path("slow.bin")), digest);
 }
+
+/// Issue 15: a 50 MB line in input.txt, or input.txt linked to
+/// /dev/zero, costs a bounded line in the log and on stderr (it is not a
+/// name: `--once` fails it), not hundreds of megabytes.
+#[test]
+fn a_huge_input_line_is_reported_bounded() {
+    let env = Env::new();
+    let digest = write_file(&env.res.join("ok.bin"), 1000, 30);
+    let server = env.server(&[]);
+    let mut input = vec![b'x'; 50 << 20];
+    input.extend_from_slice(b"\nok.bin\n");
+    fs::write(env.input_path(), &input).unwrap();
+    let output = env.once(&server.url(), &[]);
+    assert_exit(&output, 1, &env);
+    assert_eq!(hash_file(&env.out_path("ok.bin")), digest);
+    assert!(
+        output.stderr.len() < 16 << 10,
+        "{} bytes on stderr",
+        output.stderr.len()
+    );
+    assert!(
+        env.log().len() < 64 << 10,
+        "{} bytes of log",
+        env.log().len()
+    );
+
+    fs::remove_file(env.input_path()).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", env.input_path()).unwrap();
+    let output = run_with_deadline(client(&server.url(), &env.work).arg("--once"), DEADLINE);
+    assert_exit(&output, 1, &env);
+    assert!(
+        output.stderr.len() < 16 << 10,
+        "{} bytes on stderr",
+        output.stderr.len()
+    );
+    assert!(
+        env.log().len() < 64 << 10,
+        "{} bytes of log",
+        env.log().len()
+    );
+}

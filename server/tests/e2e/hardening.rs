@@ -274,3 +274,62 @@ fn one_address_cannot_hold_every_plan() {
         TcpStream::connect(server.addr).is_ok()
     });
 }
+
+/// Every refused request counts towards the 32 in a row that close a
+/// connection: malformed lines, requests before the version exchange, and
+/// well-formed requests for names that are not listed alike.
+#[test]
+fn every_refusal_counts_towards_closing_the_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let res = published(tmp.path());
+    fs::write(res.join("a.txt"), b"a").unwrap();
+    let server = Server::start(&res, &tmp.path().join("srv"), &[]);
+    let mut raw = Raw::connect(server.addr);
+    let mut requests = String::new();
+    for i in 0..51 {
+        requests.push_str(match i {
+            0..=9 => "LIST\n",               // before the version exchange
+            10 => "FASTDL 1\n",              // accepted: the count starts again
+            11..=20 => "GET 0 1 nope.bin\n", // not listed
+            _ => "PIECES nope.bin\n",
+        });
+    }
+    raw.send(&requests);
+    let mut replies = Vec::new();
+    while let Some(line) = raw.line() {
+        replies.push(line);
+    }
+    // 10 refusals, the handshake, then 32 refusals and the close.
+    assert_eq!(replies.len(), 10 + 1 + 32, "{replies:#?}");
+}
+
+/// A server that cannot take a client says why (`ERROR BUSY`), and the
+/// client reports that, not the broken pipe its pipelined requests met.
+#[test]
+fn a_busy_server_is_reported_as_busy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let res = published(tmp.path());
+    write_file(&res.join("big.bin"), 40 << 20, 8);
+    let server = Server::start(
+        &res,
+        &tmp.path().join("srv"),
+        &["--max-per-client", "1", "--speed-time", "60"],
+    );
+    // The one connection allowed from 127.0.0.1 is busy: a range its
+    // reader does not read.
+    let mut holder = Raw::connect_from(None, server.addr, Some(4096));
+    holder.send(&format!("FASTDL 1\nGET 0 {} big.bin\n", 40 << 20));
+    assert_eq!(holder.line().as_deref(), Some("FASTDL 1"));
+    assert_eq!(holder.line(), Some(format!("DATA {}", 40 << 20)));
+    let work = tmp.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    fs::write(work.join("input.txt"), "big.bin\n").unwrap();
+    let output = run_with_deadline(
+        client(&server.url(), &work).args(["--once", "--retries", "1"]),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("BUSY"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
