@@ -9,7 +9,7 @@ the same preparation before every command (fresh output folder, `sync`):
      anchors fetch from nginx (sendfile on) serving the same folder;
   2. 1000 files of 100 KiB from one input list: fastdl --once (--jobs 1 and
      16) against aria2c -j16 -i and curl -Z --parallel-max 16;
-  3. WAN path (25 ms each way, 0.1 % loss, /work/shared/tools/wan_setup.sh):
+  3. WAN path (25 ms each way, 0.1 % loss, ../shared/tools/wan_setup.sh beside the repository):
      fastdl default against aria2c -x4 -s4 -k1M on a 100 MiB file;
   4. pick-up latency: a name appended to the watched input file until its
      10 KB file is in place;
@@ -42,7 +42,7 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
-WAN_SCRIPT = os.environ.get("WAN_SCRIPT", "/work/shared/tools/wan_setup.sh")
+WAN_SCRIPT = os.environ.get("WAN_SCRIPT", os.path.normpath(os.path.join(REPO, "..", "shared", "tools", "wan_setup.sh")))
 TIME_BIN = "/usr/bin/time"
 KIB = 1024
 MIB = 1024 * 1024
@@ -374,7 +374,8 @@ class FastdlServer:
 
 
 class Nginx:
-    def __init__(self, name, root, workdir, bind="127.0.0.1", port=None, netns=None):
+    def __init__(self, name, root, workdir, bind="127.0.0.1", port=None, netns=None,
+                 worker_connections=4096):
         self.name = name
         self.prefix = os.path.join(workdir, f"nginx-{name}")
         fresh_dir(self.prefix)
@@ -385,9 +386,10 @@ class Nginx:
             f.write(f"""daemon off;
 master_process on;
 worker_processes auto;
+worker_rlimit_nofile {2 * worker_connections + 1024};
 pid {self.prefix}/nginx.pid;
 error_log {self.prefix}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log off;
     sendfile on;
@@ -1006,6 +1008,47 @@ def case_pickup(cfg, have):
                  "rss": f"fastdl watch client: {rss_str(rss)}"})
 
 
+def many_round(case, tool, nc, size, wd, data, r, spec_for, label="many"):
+    """One round of `nc` clients started at once with `tool`; their Results."""
+    base = os.path.join(wd, "out", tool.replace("+", "_"))
+    outs = [os.path.join(base, f"c{i:02d}") for i in range(nc)]
+    fresh_dir(base)
+    for o in outs:
+        os.makedirs(o)
+    prepare([os.path.join(data, "many.bin")])
+    results = [None] * nc
+    barrier = threading.Barrier(nc)
+
+    def worker(i):
+        s, lbase = spec_for(tool, outs[i], i, r)
+        barrier.wait()
+        results[i] = timed(s["cmd"], logbase=lbase, timeout=s["timeout"],
+                           sync_files=s.get("sync_files"), check=s.get("check"),
+                           extra_err=s.get("extra_err"))
+    t0 = time.perf_counter()
+    ths = [threading.Thread(target=worker, args=(i,)) for i in range(nc)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    wall = time.perf_counter() - t0
+    ok = [x for x in results if x.ok]
+    rates = sorted(size / 1e6 / x.secs for x in ok)
+    log(f"  {label} run {r} {tool}: {len(ok)}/{nc} ok, wall {wall:.2f} s, per-client "
+        + (f"{rates[0]:.0f}/{statistics.median(rates):.0f}/{rates[-1]:.0f} MB/s (min/med/max)"
+           if rates else "n/a"))
+    RAW.append(f"- {label} · {tool} run {r}: wall {wall:.3f}s, per-client s: "
+               + ", ".join(f"{x.secs:.2f}" if x.ok else "FAIL" for x in results))
+    for i, x in enumerate(results):
+        if not x.ok:
+            ERRORS.append((case, f"{tool} client {i}", r, x.err))
+    if len(ok) < nc:
+        log(f"FAILED {label} {tool} run {r}: {nc - len(ok)} clients failed; first: "
+            + next(x.err for x in results if not x.ok))
+    shutil.rmtree(base, ignore_errors=True)
+    return results
+
+
 def case_many(cfg, have):
     case = "many"
     nc = cfg.many_clients
@@ -1042,43 +1085,7 @@ def case_many(cfg, have):
     per = {t: [] for t in tools}      # list of per-run lists of Result
     for r in range(1, cfg.runs + 1):
         for tool in tools:
-            base = os.path.join(wd, "out", tool.replace("+", "_"))
-            outs = [os.path.join(base, f"c{i:02d}") for i in range(nc)]
-            fresh_dir(base)
-            for o in outs:
-                os.makedirs(o)
-            prepare([os.path.join(data, "many.bin")])
-            results = [None] * nc
-            barrier = threading.Barrier(nc)
-
-            def worker(i):
-                s, lbase = spec_for(tool, outs[i], i, r)
-                barrier.wait()
-                results[i] = timed(s["cmd"], logbase=lbase, timeout=s["timeout"],
-                                   sync_files=s.get("sync_files"), check=s.get("check"),
-                                   extra_err=s.get("extra_err"))
-            t0 = time.perf_counter()
-            ths = [threading.Thread(target=worker, args=(i,)) for i in range(nc)]
-            for t in ths:
-                t.start()
-            for t in ths:
-                t.join()
-            wall = time.perf_counter() - t0
-            per[tool].append(results)
-            ok = [x for x in results if x.ok]
-            rates = sorted(size / 1e6 / x.secs for x in ok)
-            log(f"  many run {r}/{cfg.runs} {tool}: {len(ok)}/{nc} ok, wall {wall:.2f} s, per-client "
-                + (f"{rates[0]:.0f}/{statistics.median(rates):.0f}/{rates[-1]:.0f} MB/s (min/med/max)"
-                   if rates else "n/a"))
-            RAW.append(f"- many · {tool} run {r}: wall {wall:.3f}s, per-client s: "
-                       + ", ".join(f"{x.secs:.2f}" if x.ok else "FAIL" for x in results))
-            for i, x in enumerate(results):
-                if not x.ok:
-                    ERRORS.append((case, f"{tool} client {i}", r, x.err))
-            if len(ok) < nc:
-                log(f"FAILED many {tool} run {r}: {nc - len(ok)} clients failed; first: "
-                    + next(x.err for x in results if not x.ok))
-            shutil.rmtree(base, ignore_errors=True)
+            per[tool].append(many_round(case, tool, nc, size, wd, data, r, spec_for))
     srv_rss = srv.vmhwm_kb()
     ng_rss = ng.vmhwm_kb() if ng else None
     srv.stop()
@@ -1117,6 +1124,116 @@ def case_many(cfg, have):
     else:
         row["curl"], row["ratio"] = "skipped", "–"
     row["rss"] = "; ".join(rss)
+    ROWS.append(row)
+
+
+def hold_idle(host, port, count, per_addr=20):
+    """Opens `count` idle TCP connections to host:port, `per_addr` from each
+    of the loopback addresses 127.1.x.y, and returns them (held open)."""
+    socks = []
+    for i in range(count):
+        h = i // per_addr
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((f"127.1.{h // 250}.{h % 250 + 1}", 0))
+        s.connect((host, port))
+        socks.append(s)
+    return socks
+
+
+def case_idle(cfg, have):
+    """Case 6: the 20-client case with and without `cfg.idle_n` idle
+    connections held to the server, for fastdl-server and nginx."""
+    case = "idle"
+    nc = cfg.many_clients
+    size = cfg.many_mib * MIB
+    data = ensure_dataset(os.path.join(cfg.work, "data", f"many-{cfg.many_mib}M"), [("many.bin", size)])
+    wd = os.path.join(cfg.run, case)
+    os.makedirs(wd, exist_ok=True)
+    inp = os.path.join(wd, "input.txt")
+    with open(inp, "w") as f:
+        f.write("many.bin\n")
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, cfg.idle_n + 4096) if hard != resource.RLIM_INFINITY else cfg.idle_n + 4096
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    srv = FastdlServer(case, data, wd, extra=["--max-per-client", "1000"])
+    CLEANUP.append(srv.stop)
+    ng = None
+    if have["nginx"] and have["curl"]:
+        ng = Nginx(case, data, wd, worker_connections=cfg.idle_n + 4096)
+        CLEANUP.append(ng.stop)
+    warm([os.path.join(data, "many.bin")])
+
+    def spec_for(tool, out, i, r):
+        f = os.path.join(out, "many.bin")
+        lbase = os.path.join(wd, f"{tool}-r{r}-c{i:02d}")
+        if tool == "fastdl":
+            s = fastdl_spec(srv.addr, inp, out, lbase, cfg.timeout_many)
+        else:
+            s = {"cmd": ["curl", "-s", "-S", "-f", "-o", f, f"{ng.url}/many.bin"],
+                 "timeout": cfg.timeout_many, "sync_files": [f]}
+        s["check"] = size_check(f, size)
+        return s, lbase
+
+    tools = ["fastdl"] + (["nginx+curl"] if ng else [])
+    target = {"fastdl": ("127.0.0.1", srv.port)}
+    if ng:
+        target["nginx+curl"] = ("127.0.0.1", ng.port)
+    log(f"case 6: {nc} clients, {cfg.many_mib} MiB each, without and with {cfg.idle_n} idle "
+        f"connections held, {cfg.runs} run(s), tools: {', '.join(tools)}")
+    per = {t: {"plain": [], "flooded": []} for t in tools}
+    rss = {}
+    for r in range(1, cfg.runs + 1):
+        for tool in tools:
+            per[tool]["plain"].append(many_round(case, tool, nc, size, wd, data, r, spec_for,
+                                                 label="idle/none held"))
+            t0 = time.perf_counter()
+            socks = hold_idle(*target[tool], cfg.idle_n)
+            log(f"  {len(socks)} idle connections to {tool} opened in {time.perf_counter() - t0:.2f} s")
+            time.sleep(1)   # let the server take them all in
+            per[tool]["flooded"].append(many_round(case, tool, nc, size, wd, data, r, spec_for,
+                                                   label=f"idle/{cfg.idle_n} held"))
+            server = srv if tool == "fastdl" else ng
+            rss[tool] = max(rss.get(tool) or 0, server.vmhwm_kb() or 0)
+            for sock in socks:
+                sock.close()
+    srv.stop()
+    if ng:
+        ng.stop()
+
+    def median_rate(runs):
+        meds = [statistics.median([size / 1e6 / x.secs for x in run if x.ok])
+                for run in runs if any(x.ok for x in run)]
+        return statistics.median(meds) if meds else None
+
+    def failed(runs):
+        return sum(1 for run in runs for x in run if not x.ok)
+
+    def cell(tool):
+        plain, flooded = median_rate(per[tool]["plain"]), median_rate(per[tool]["flooded"])
+        if not plain or not flooded:
+            return "FAILED", flooded
+        c = (f"per client {fmt_num(flooded)} MB/s with {cfg.idle_n} idle held vs {fmt_num(plain)} "
+             f"without ({flooded / plain:.2f}x); server RSS {rss_str(rss.get(tool))}")
+        lost = failed(per[tool]["plain"]) + failed(per[tool]["flooded"])
+        if lost:
+            c += f"; FAILED {lost} clients"
+        return c, flooded
+
+    fc, fflood = cell("fastdl")
+    row = {"case": f"6. {cfg.idle_n} idle connections held + {nc} clients, {cfg.many_mib} MiB each "
+                   f"(anchor: nginx + {nc} curl)",
+           "fastdl": fc, "aria2c": "–", "lftp": "–"}
+    if ng:
+        cc, cflood = cell("nginx+curl")
+        row["curl"] = cc
+        row["ratio"] = (f"vs nginx+curl {fflood / cflood:.2f}x (per-client median, flooded)"
+                        if fflood and cflood else "–")
+    else:
+        row["curl"], row["ratio"] = "skipped", "–"
+    row["rss"] = (f"fastdl-server {rss_str(rss.get('fastdl'))}"
+                  + (f"; nginx (master+workers) {rss_str(rss.get('nginx+curl'))}" if ng else "")
+                  + " (VmHWM, with the idle connections held)")
     ROWS.append(row)
 
 
@@ -1199,12 +1316,12 @@ def git_rev():
 def main():
     ap = argparse.ArgumentParser(description="fastdl benchmark harness (see bench/README.md)",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Environment: QUICK=1, RUNS=N, CASES=1,2,3,4,5, BENCH_DIR=/tmp/fastdl-bench, "
+                                 epilog="Environment: QUICK=1, RUNS=N, CASES=1,2,3,4,5,6, IDLE_CONNECTIONS=N, BENCH_DIR=/tmp/fastdl-bench, "
                                         "NO_BUILD=1, NO_INSTALL=1, PICKUP_SAMPLES=N, WAN_RUNS=N")
     ap.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"),
                     help="1 run, small sizes (also QUICK=1)")
     ap.add_argument("--runs", type=int, default=None, help="runs per tool (RUNS=N; default 3, quick 1)")
-    ap.add_argument("--cases", default=os.environ.get("CASES", "1,2,3,4,5"),
+    ap.add_argument("--cases", default=os.environ.get("CASES", "1,2,3,4,5,6"),
                     help="comma-separated cases to run (CASES=...; default all)")
     ap.add_argument("--work", default=os.environ.get("BENCH_DIR", "/tmp/fastdl-bench"),
                     help="scratch folder for data and outputs (BENCH_DIR)")
@@ -1224,6 +1341,7 @@ def main():
     cfg.wan_mib = 10 if q else 100
     cfg.many_mib = 20 if q else 200
     cfg.many_clients = 20
+    cfg.idle_n = env_int("IDLE_CONNECTIONS", 2000 if q else 10000)
     cfg.pick_samples = env_int("PICKUP_SAMPLES", 5 if q else 20)
     cfg.timeout_big, cfg.timeout_small, cfg.timeout_wan, cfg.timeout_many = 180, 180, 300, 300
     cfg.run = os.path.join(cfg.work, "run")
@@ -1266,7 +1384,7 @@ def main():
     load0 = open("/proc/loadavg").read().split()[:3]
     log(f"runs per tool: {cfg.runs}; quick: {q}; cases: {sorted(cases)}; scratch: {cfg.work}")
 
-    fns = {1: case_big, 2: case_small, 3: case_wan, 4: case_pickup, 5: case_many}
+    fns = {1: case_big, 2: case_small, 3: case_wan, 4: case_pickup, 5: case_many, 6: case_idle}
     interrupted = False
     try:
         for c in sorted(cases):
