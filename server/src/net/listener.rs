@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use fastdl_protocol::{ErrorCode, Reply};
 use log::{debug, warn};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::Conn;
@@ -23,16 +23,27 @@ use crate::transfer::{self, pace::SpeedFloor};
 /// How long a refused connection may take to receive its one line.
 const REFUSAL_DEADLINE: Duration = Duration::from_millis(500);
 
+/// Connections the kernel may hold for us before we accept them (capped
+/// by `net.core.somaxconn`). std's default of 128 overflows when thousands
+/// of clients connect at once: the kernel then drops their SYNs and each
+/// waits a second to try again.
+const BACKLOG: u32 = 4096;
+
 /// Binds every `(ip, port)`; port 0 picks a free port. Must run inside
 /// the runtime.
 pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     addrs
         .iter()
-        .map(|addr| {
-            let listener = std::net::TcpListener::bind(addr)
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            listener.set_nonblocking(true)?;
-            Ok(TcpListener::from_std(listener)?)
+        .map(|&addr| {
+            let socket = match addr {
+                SocketAddr::V4(_) => TcpSocket::new_v4(),
+                SocketAddr::V6(_) => TcpSocket::new_v6(),
+            }?;
+            socket.set_reuseaddr(true)?;
+            socket
+                .bind(addr)
+                .and_then(|()| socket.listen(BACKLOG))
+                .with_context(|| format!("cannot listen on {addr}"))
         })
         .collect()
 }
