@@ -13,11 +13,12 @@
 //! connection needs several deadlines (idle, request line, progress of
 //! each send, eviction, shutdown), which tokio's timers and `select!`
 //! give without a timer wheel of our own, and because TLS and the HTTP
-//! face plug into the same streams. Measured (bench/ case 6): with 10,000
-//! idle connections held and 20 clients downloading, the server peaked at
-//! 33 MiB (nginx: 31 MiB), and the clients' rate was that of an idle
-//! server (1.03x); 5,300 idle or trickling connections in the e2e test
-//! (`flood`) peak at 19 MiB.
+//! face plug into the same streams. Measured: 10,000 idle connections
+//! alone cost the server 31 MB (about 3 KB each: task, socket
+//! registration, table entry); with 20 clients downloading beside them
+//! (bench/ case 6) it peaked at 33-43 MiB (nginx: 31 MiB), and the
+//! clients' rate was 0.88-1.03x that of an idle server; 5,300 idle or
+//! trickling connections in the e2e test (`flood`) peak at 19 MiB.
 //!
 //! Transfers run in the same loop on non-blocking sockets (`sendfile`
 //! for plaintext), each send waiting for the socket, never blocking a

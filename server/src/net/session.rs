@@ -466,3 +466,4 @@ fn push_digests(text: &mut String, digests: &[Digest]) {
         let _ = writeln!(text, "{digest}");
     }
 }
+
