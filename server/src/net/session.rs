@@ -466,4 +466,3 @@ fn push_digests(text: &mut String, digests: &[Digest]) {
         let _ = writeln!(text, "{digest}");
     }
 }
-
