@@ -330,14 +330,26 @@ def timed(cmd, *, logbase, timeout, netns=None, sync_files=None, sync_fs=None,
 
 
 class FastdlServer:
-    def __init__(self, name, data_dir, workdir, bind="127.0.0.1", netns=None, extra=()):
+    """A fastdl-server in plain text (`--plaintext`, like for like with the
+    http anchors), or with TLS (`tls=True`: the default of the product, its
+    identity kept in the work folder and pinned by clients in a
+    known-servers file there)."""
+
+    def __init__(self, name, data_dir, workdir, bind="127.0.0.1", netns=None, extra=(), tls=False):
         self.name = name
         os.makedirs(workdir, exist_ok=True)
         self.log = os.path.join(workdir, f"{name}-server.log")
         self.list = os.path.join(workdir, f"{name}-list.txt")
         self.stdout = os.path.join(workdir, f"{name}-server.stdout")
+        self.tls = tls
+        if tls:
+            security = ["--identity", os.path.join(workdir, f"{name}-identity.pem")]
+            self.client_args = ["--known-servers", os.path.join(workdir, f"{name}-known_servers")]
+        else:
+            security = ["--plaintext"]
+            self.client_args = ["--plaintext"]
         cmd = [SERVER_BIN, "--bind", bind, "--port", "0", "--dir", data_dir,
-               "--list", self.list, "--log", self.log, "-q", *extra]
+               "--list", self.list, "--log", self.log, "-q", *security, *extra]
         if netns:
             cmd = ["ip", "netns", "exec", netns] + cmd
         self.f = open(self.stdout, "wb")
@@ -373,14 +385,50 @@ class FastdlServer:
         return self.p.returncode
 
 
+def make_tls_files(d):
+    """A private CA, and a certificate for 127.0.0.1 signed by it (ECDSA
+    P-256, openssl): what an HTTPS anchor serves and its clients trust.
+    Returns (ca.pem, server.pem, server.key)."""
+    os.makedirs(d, exist_ok=True)
+    ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+    crt, key, csr = os.path.join(d, "server.pem"), os.path.join(d, "server.key"), os.path.join(d, "server.csr")
+    ext = os.path.join(d, "san.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for cmd in (["openssl", "req", "-x509", *ec, "-days", "3650", "-subj", "/CN=fastdl-bench-ca",
+                 "-keyout", ca_key, "-out", ca],
+                ["openssl", "req", *ec, "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", csr],
+                ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                 "-days", "3650", "-extfile", ext, "-out", crt]):
+        r = sh(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed: {r.stderr[-300:]}")
+    return ca, crt, key
+
+
 class Nginx:
     def __init__(self, name, root, workdir, bind="127.0.0.1", port=None, netns=None,
-                 worker_connections=4096):
+                 worker_connections=4096, tls_files=None):
         self.name = name
         self.prefix = os.path.join(workdir, f"nginx-{name}")
         fresh_dir(self.prefix)
         os.makedirs(os.path.join(self.prefix, "tmp"))
         self.port = port or free_port()
+        https = ""
+        self.https_url = None
+        if tls_files:
+            _, crt, key = tls_files
+            self.https_port = free_port()
+            self.https_url = f"https://{bind}:{self.https_port}"
+            https = f"""    server {{
+        listen {bind}:{self.https_port} ssl;
+        ssl_certificate {crt};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        root {root};
+    }}
+"""
         conf = os.path.join(self.prefix, "nginx.conf")
         with open(conf, "w") as f:
             f.write(f"""daemon off;
@@ -401,7 +449,7 @@ http {{
         listen {bind}:{self.port};
         root {root};
     }}
-}}
+{https}}}
 """)
         cmd = ["nginx", "-p", self.prefix, "-c", conf, "-e", f"{self.prefix}/error.log"]
         if netns:
@@ -643,11 +691,11 @@ def count_check(out, names, size):
     return check
 
 
-def fastdl_spec(addr, inp, out, logbase, timeout, extra=(), netns=None):
+def fastdl_spec(srv, inp, out, logbase, timeout, extra=(), netns=None):
     clog = logbase + ".fastdl.log"
     return {
-        "cmd": [CLIENT_BIN, "--server", addr, "--input", inp, "--out", out, "--once",
-                "--log", clog, "-q", *extra],
+        "cmd": [CLIENT_BIN, "--server", srv.addr, "--input", inp, "--out", out, "--once",
+                "--log", clog, "-q", *srv.client_args, *extra],
         "timeout": timeout, "netns": netns,
         "extra_err": lambda: grep_problems(clog),
     }
@@ -667,58 +715,66 @@ def case_big(cfg, have):
     inp = os.path.join(wd, "input.txt")
     with open(inp, "w") as f:
         f.write("big.bin\n")
-    srv = FastdlServer(case, data, wd)
-    CLEANUP.append(srv.stop)
+    plain = FastdlServer(case + "-plain", data, wd)
+    CLEANUP.append(plain.stop)
+    tls = FastdlServer(case + "-tls", data, wd, tls=True)
+    CLEANUP.append(tls.stop)
     ng = None
+    ca = None
     if have["nginx"]:
-        ng = Nginx(case, data, wd)
+        tls_files = make_tls_files(os.path.join(wd, "pki"))
+        ca = tls_files[0]
+        ng = Nginx(case, data, wd, tls_files=tls_files)
         CLEANUP.append(ng.stop)
     sources = [os.path.join(data, "big.bin")]
     warm(sources)
     url = f"{ng.url}/big.bin" if ng else None
     seq = [0]
+    target = lambda out: os.path.join(out, "big.bin")
 
     def lb(tag):
         seq[0] += 1
         return os.path.join(wd, f"{tag}-{seq[0]}")
 
-    tools = [("fastdl", lambda out: dict(fastdl_spec(srv.addr, inp, out, lb("fastdl"), cfg.timeout_big),
-                                         check=size_check(os.path.join(out, "big.bin"), size)))]
+    def fastdl(srv, tag, extra=()):
+        return lambda out: dict(fastdl_spec(srv, inp, out, lb(tag), cfg.timeout_big, extra=extra),
+                                check=size_check(target(out), size))
+
+    def anchor(cmd_for):
+        return lambda out: {"cmd": cmd_for(out), "timeout": cfg.timeout_big,
+                            "sync_files": [target(out)], "check": size_check(target(out), size)}
+
+    tools = [("fastdl --plaintext", fastdl(plain, "plain")),
+             ("fastdl (TLS)", fastdl(tls, "tls"))]
     if cfg.has_plan:
-        tools.append(("fastdl --plan", lambda out: dict(
-            fastdl_spec(srv.addr, inp, out, lb("plan"), cfg.timeout_big, extra=["--plan"]),
-            check=size_check(os.path.join(out, "big.bin"), size))))
+        tools.append(("fastdl --plaintext --plan", fastdl(plain, "plan", ["--plan"])))
+    aria = ["aria2c", "-q", "--allow-overwrite=true", "-x4", "-s4", "-k1M"]
     if ng and have["aria2c"]:
-        tools.append(("aria2c", lambda out: {
-            "cmd": ["aria2c", "-q", "--allow-overwrite=true", "-x4", "-s4", "-k1M",
-                    "-d", out, "-o", "big.bin", url],
-            "timeout": cfg.timeout_big, "sync_files": [os.path.join(out, "big.bin")],
-            "check": size_check(os.path.join(out, "big.bin"), size)}))
+        tools.append(("aria2c", anchor(lambda out: [*aria, "-d", out, "-o", "big.bin", url])))
+        tools.append(("aria2c https", anchor(lambda out: [
+            *aria, f"--ca-certificate={ca}", "-d", out, "-o", "big.bin", f"{ng.https_url}/big.bin"])))
     if ng and have["lftp"]:
-        tools.append(("lftp", lambda out: {
-            "cmd": ["lftp", "-e", f"pget -n 4 {url} -o {out}/big.bin; quit"],
-            "timeout": cfg.timeout_big, "sync_files": [os.path.join(out, "big.bin")],
-            "check": size_check(os.path.join(out, "big.bin"), size)}))
+        tools.append(("lftp", anchor(lambda out: ["lftp", "-e", f"pget -n 4 {url} -o {out}/big.bin; quit"])))
     if ng and have["curl"]:
-        tools.append(("curl", lambda out: {
-            "cmd": ["curl", "-s", "-S", "-f", "-o", os.path.join(out, "big.bin"), url],
-            "timeout": cfg.timeout_big, "sync_files": [os.path.join(out, "big.bin")],
-            "check": size_check(os.path.join(out, "big.bin"), size)}))
+        tools.append(("curl", anchor(lambda out: ["curl", "-s", "-S", "-f", "-o", target(out), url])))
     log(f"case 1: one {label_size} file over 127.0.0.1, {cfg.runs} run(s), tools: "
         + ", ".join(t for t, _ in tools))
     res = run_interleaved(case, tools, cfg.runs, os.path.join(wd, "out"), wd, sources)
-    srv.stop()
+    plain.stop()
+    tls.stop()
     if ng:
         ng.stop()
     S = {k: summarize(v) for k, v in res.items()}
     mb = size / 1e6
-    anchors = ["aria2c", "lftp", "curl"]
-    for fl in [t for t in ("fastdl", "fastdl --plan") if t in S]:
-        row = {"case": f"1. one {label_size} file, 127.0.0.1 ({fl}{', 4 connections' if fl == 'fastdl' else ''})",
+
+    def row_for(fl, label, anchors):
+        row = {"case": f"1. one {label_size} file, 127.0.0.1 ({label})",
                "fastdl": rate_cell(S[fl], mb, "MB/s")}
         ratios, rsss = [], [f"{fl}: {rss_str(S[fl]['rss_kb'])}"]
         for a in anchors:
-            row[a] = rate_cell(S.get(a), mb, "MB/s") if a in S else "skipped"
+            col = {"aria2c https": "aria2c", "fastdl --plaintext": "curl"}.get(a, a)
+            cell = rate_cell(S.get(a), mb, "MB/s") if a in S else "skipped"
+            row[col] = (f"{a}: {cell}" if col != a else cell)
             if a in S and S[a]["med"] and S[fl]["med"]:
                 ratios.append(f"vs {a} {S[a]['med'] / S[fl]['med']:.2f}x")
             if a in S:
@@ -726,10 +782,14 @@ def case_big(cfg, have):
         row["ratio"] = "; ".join(ratios) or "–"
         row["rss"] = "; ".join(rsss)
         ROWS.append(row)
-    if not cfg.has_plan:
-        ROWS.append({"case": f"1. one {label_size} file, 127.0.0.1 (fastdl --plan)",
-                     "fastdl": "skipped: fastdl-client has no --plan flag yet",
-                     "aria2c": "", "lftp": "", "curl": "", "ratio": "", "rss": ""})
+
+    row_for("fastdl --plaintext", "fastdl --plaintext, 4 connections; anchors over http",
+            ["aria2c", "lftp", "curl"])
+    if "fastdl --plaintext --plan" in S:
+        row_for("fastdl --plaintext --plan", "fastdl --plaintext --plan; anchors over http",
+                ["aria2c", "lftp", "curl"])
+    row_for("fastdl (TLS)", "fastdl over TLS 1.3, the default; aria2c over https, TLS 1.3",
+            ["aria2c https", "fastdl --plaintext"])
 
 
 def case_small(cfg, have):
@@ -742,11 +802,16 @@ def case_small(cfg, have):
     inp = os.path.join(wd, "input.txt")
     with open(inp, "w") as f:
         f.write("".join(x + "\n" for x in names))
-    srv = FastdlServer(case, data, wd)
+    srv = FastdlServer(case + "-plain", data, wd)
     CLEANUP.append(srv.stop)
+    tls = FastdlServer(case + "-tls", data, wd, tls=True)
+    CLEANUP.append(tls.stop)
     ng = None
+    ca = None
     if have["nginx"]:
-        ng = Nginx(case, data, wd)
+        tls_files = make_tls_files(os.path.join(wd, "pki"))
+        ca = tls_files[0]
+        ng = Nginx(case, data, wd, tls_files=tls_files)
         CLEANUP.append(ng.stop)
     sources = [os.path.join(data, x) for x in names]
     warm(sources)
@@ -760,18 +825,22 @@ def case_small(cfg, have):
         seq[0] += 1
         return os.path.join(wd, f"{tag}-{seq[0]}")
 
-    def curl_cfg(out):
+    def curl_cfg(out, base):
         p = os.path.join(wd, "curl.cfg")
         with open(p, "w") as f:
             for x in names:
-                f.write(f'url = "{ng.url}/{x}"\noutput = "{out}/{x}"\n')
+                f.write(f'url = "{base}/{x}"\noutput = "{out}/{x}"\n')
         return p
 
     tools = [
-        ("fastdl --once", lambda out: dict(fastdl_spec(srv.addr, inp, out, lb("fastdl"), cfg.timeout_small),
-                                           check=count_check(out, names, fsize))),
-        ("fastdl --once --jobs 16", lambda out: dict(
-            fastdl_spec(srv.addr, inp, out, lb("fastdl16"), cfg.timeout_small, extra=["--jobs", "16"]),
+        ("fastdl --once --plaintext", lambda out: dict(
+            fastdl_spec(srv, inp, out, lb("fastdl"), cfg.timeout_small),
+            check=count_check(out, names, fsize))),
+        ("fastdl --once --plaintext --jobs 16", lambda out: dict(
+            fastdl_spec(srv, inp, out, lb("fastdl16"), cfg.timeout_small, extra=["--jobs", "16"]),
+            check=count_check(out, names, fsize))),
+        ("fastdl --once (TLS)", lambda out: dict(
+            fastdl_spec(tls, inp, out, lb("fastdl-tls"), cfg.timeout_small),
             check=count_check(out, names, fsize))),
     ]
     if ng and have["aria2c"]:
@@ -780,19 +849,27 @@ def case_small(cfg, have):
             "timeout": cfg.timeout_small, "sync_fs": out, "check": count_check(out, names, fsize)}))
     if ng and have["curl"]:
         tools.append(("curl -Z", lambda out: {
-            "cmd": ["curl", "-s", "-S", "-f", "-Z", "--parallel-max", "16", "-K", curl_cfg(out)],
+            "cmd": ["curl", "-s", "-S", "-f", "-Z", "--parallel-max", "16", "-K", curl_cfg(out, ng.url)],
+            "timeout": cfg.timeout_small, "sync_fs": out, "check": count_check(out, names, fsize)}))
+        tools.append(("curl -Z https", lambda out: {
+            "cmd": ["curl", "-s", "-S", "-f", "-Z", "--parallel-max", "16", "--cacert", ca,
+                    "-K", curl_cfg(out, ng.https_url)],
             "timeout": cfg.timeout_small, "sync_fs": out, "check": count_check(out, names, fsize)}))
     log(f"case 2: {n} files of 100 KiB, {cfg.runs} run(s), tools: " + ", ".join(t for t, _ in tools))
     res = run_interleaved(case, tools, cfg.runs, os.path.join(wd, "out"), wd, sources, keep_outputs=True)
     srv.stop()
+    tls.stop()
     if ng:
         ng.stop()
     S = {k: summarize(v) for k, v in res.items()}
-    for fl in ("fastdl --once", "fastdl --once --jobs 16"):
+    http = (("aria2c -j16", "aria2c"), ("curl -Z", "curl"))
+    for fl, anchors in (("fastdl --once --plaintext", http),
+                        ("fastdl --once --plaintext --jobs 16", http),
+                        ("fastdl --once (TLS)", (("curl -Z https", "curl"),))):
         row = {"case": f"2. {n} files of 100 KiB ({fl})", "fastdl": rate_cell(S[fl], n, "files/s"),
-               "lftp": "–"}
+               "lftp": "–", "aria2c": "–"}
         ratios, rsss = [], [f"{fl}: {rss_str(S[fl]['rss_kb'])}"]
-        for a, col in (("aria2c -j16", "aria2c"), ("curl -Z", "curl")):
+        for a, col in anchors:
             if a in S:
                 row[col] = f"{a}: " + rate_cell(S[a], n, "files/s")
                 if S[a]["med"] and S[fl]["med"]:
@@ -882,11 +959,11 @@ def case_wan(cfg, have):
             seq[0] += 1
             return os.path.join(wd, f"{tag}-{seq[0]}")
         tools = [("fastdl", lambda out: dict(
-            fastdl_spec(srv.addr, inp, out, lb("fastdl"), cfg.timeout_wan, netns="dl-cli"),
+            fastdl_spec(srv, inp, out, lb("fastdl"), cfg.timeout_wan, netns="dl-cli"),
             check=size_check(os.path.join(out, "wan.bin"), size)))]
         if cfg.has_plan:
             tools.append(("fastdl --plan", lambda out: dict(
-                fastdl_spec(srv.addr, inp, out, lb("plan"), cfg.timeout_wan, extra=["--plan"], netns="dl-cli"),
+                fastdl_spec(srv, inp, out, lb("plan"), cfg.timeout_wan, extra=["--plan"], netns="dl-cli"),
                 check=size_check(os.path.join(out, "wan.bin"), size))))
         if ng and have["aria2c"]:
             tools.append(("aria2c", lambda out: {
@@ -938,12 +1015,13 @@ def case_pickup(cfg, have):
     fresh_dir(out)
     inp = os.path.join(indir, "input.txt")
     open(inp, "w").close()
-    srv = FastdlServer(case, data, wd)
+    srv = FastdlServer(case, data, wd, tls=True)
     CLEANUP.append(srv.stop)
     do_sync()
     clog = os.path.join(wd, "client.log")
     cout = open(os.path.join(wd, "client.out"), "wb")
-    cp = popen([CLIENT_BIN, "--server", srv.addr, "--input", inp, "--out", out, "--log", clog, "-q"],
+    cp = popen([CLIENT_BIN, "--server", srv.addr, "--input", inp, "--out", out, "--log", clog, "-q",
+                *srv.client_args],
                stdout=cout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     samples, err = [], None
     log(f"case 4: pick-up latency, watch mode, {k} samples of a 10 KiB file (+1 warm-up)")
@@ -1073,7 +1151,7 @@ def case_many(cfg, have):
         f = os.path.join(out, "many.bin")
         lbase = os.path.join(wd, f"{tool}-r{r}-c{i:02d}")
         if tool == "fastdl":
-            s = fastdl_spec(srv.addr, inp, out, lbase, cfg.timeout_many)
+            s = fastdl_spec(srv, inp, out, lbase, cfg.timeout_many)
         else:
             s = {"cmd": ["curl", "-s", "-S", "-f", "-o", f, f"{ng.url}/many.bin"],
                  "timeout": cfg.timeout_many, "sync_files": [f]}
@@ -1168,7 +1246,7 @@ def case_idle(cfg, have):
         f = os.path.join(out, "many.bin")
         lbase = os.path.join(wd, f"{tool}-r{r}-c{i:02d}")
         if tool == "fastdl":
-            s = fastdl_spec(srv.addr, inp, out, lbase, cfg.timeout_many)
+            s = fastdl_spec(srv, inp, out, lbase, cfg.timeout_many)
         else:
             s = {"cmd": ["curl", "-s", "-S", "-f", "-o", f, f"{ng.url}/many.bin"],
                  "timeout": cfg.timeout_many, "sync_files": [f]}

@@ -97,6 +97,35 @@ pub struct Args {
     #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub speed_time: u64,
 
+    /// Speak plain TCP instead of TLS, to a server run with --plaintext,
+    /// on a trusted link only: nothing is encrypted and the server's
+    /// identity is not checked. Never chosen on its own: a TLS client
+    /// refuses a plaintext server, and the reverse.
+    #[arg(long)]
+    pub plaintext: bool,
+
+    /// The access token to present to servers started with --token-file.
+    /// Prefer the environment variable: a command line can be seen by
+    /// other users of the machine.
+    #[arg(
+        long,
+        env = "FASTDL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// The servers met before and their identities (as ssh's
+    /// known_hosts): a server met for the first time is pinned here; one
+    /// that presents another identity later is refused, nothing is
+    /// downloaded from it, and the message says how to accept the new one
+    /// on purpose. Lines are "HOST:PORT sha256//BASE64" (as the server
+    /// prints at start), and may be written by hand before the first
+    /// contact. [default: $XDG_CONFIG_HOME/fastdl/known_servers, else
+    /// ~/.config/fastdl/known_servers]
+    #[arg(long, value_name = "FILE")]
+    pub known_servers: Option<PathBuf>,
+
     /// Log file (appended to).
     #[arg(long, default_value = "client.log", value_name = "FILE")]
     pub log: PathBuf,

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fastdl_protocol::line::expect_line;
 use fastdl_protocol::listing::read_pieces;
@@ -22,10 +22,8 @@ use fastdl_protocol::{
     Digest, ErrorCode, Listing, ProtocolError, Reply, Request, MAX_REPLY_LINE, VERSION,
 };
 
-use crate::pace::{Paced, SpeedFloor};
-
-/// How long to wait for a TCP connect.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::pace::Paced;
+use crate::transport::{self, Endpoint, SetupError, Stream};
 /// How long to wait for the server's reason after it closed the
 /// connection under a request being sent (a refusal such as `ERROR BUSY`
 /// precedes the close).
@@ -34,6 +32,10 @@ const REFUSAL_WAIT: Duration = Duration::from_secs(2);
 /// Why a request to a server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    /// No connection could be set up (refused, unreachable, not TLS,
+    /// another identity).
+    #[error("{0}")]
+    Setup(#[from] SetupError),
     /// The connection broke or the server spoke nonsense: reconnect and retry.
     #[error("{0}")]
     Connection(#[from] ProtocolError),
@@ -46,6 +48,20 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// Whether no retry can help: the server's identity changed, it does
+    /// not speak what we speak (TLS or not), or it refused our token.
+    /// The run stops, saying why.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            RequestError::Setup(SetupError::IdentityChanged(_) | SetupError::NotTls(_))
+                | RequestError::Server {
+                    code: ErrorCode::Auth | ErrorCode::TlsRequired | ErrorCode::PlaintextOnly,
+                    ..
+                }
+        )
+    }
+
     /// The server is there but delivers below the progress deadline
     /// (trickling or stalled): worth no new connection in this attempt.
     pub fn is_too_slow(&self) -> bool {
@@ -101,10 +117,17 @@ impl Ahead {
 /// the first reply is read, so a new connection costs one round trip
 /// (the TCP handshake) before its first request is on the wire.
 pub struct Connection {
-    reader: BufReader<Paced<TcpStream>>,
-    writer: TcpStream,
+    /// Everything read and written goes through here (plain TCP, or TLS).
+    reader: BufReader<Paced<Stream>>,
+    /// A second handle on the socket: to cut it from another thread
+    /// (shutdown, the end game) and to set its timeouts.
+    socket: TcpStream,
     peer: SocketAddr,
+    /// Whether the answers to the version exchange (and to `AUTH`) have
+    /// been read.
     greeted: bool,
+    /// Whether `AUTH` went out with the version exchange.
+    authenticating: bool,
     rtt: Duration,
     /// Requests sent ahead whose answers nobody has read or taken over.
     ahead: VecDeque<Ahead>,
@@ -119,25 +142,30 @@ pub fn resolve(server: &str) -> std::io::Result<SocketAddr> {
 }
 
 impl Connection {
-    /// Connects and sends the version handshake (its answer is checked with
-    /// the first reply). Reads are held to `floor`.
-    pub fn open(addr: SocketAddr, floor: SpeedFloor) -> Result<Connection, RequestError> {
-        let started = Instant::now();
-        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-        let rtt = started.elapsed();
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(floor.window))?;
-        stream.set_write_timeout(Some(floor.window))?;
-        let writer = stream.try_clone()?;
+    /// Connects (TLS, with the server's identity checked, unless
+    /// `--plaintext`) and sends the version exchange, and the access
+    /// token if there is one; their answers are checked with the first
+    /// reply. Reads are held to the endpoint's progress deadline.
+    pub fn open(endpoint: &Endpoint) -> Result<Connection, RequestError> {
+        let connected = transport::connect(endpoint)?;
         let mut conn = Connection {
-            reader: BufReader::with_capacity(64 * 1024, Paced::new(stream, floor)),
-            writer,
-            peer: addr,
+            reader: BufReader::with_capacity(
+                64 * 1024,
+                Paced::new(connected.stream, endpoint.floor),
+            ),
+            socket: connected.socket,
+            peer: endpoint.addr,
             greeted: false,
-            rtt,
+            authenticating: endpoint.token.is_some(),
+            rtt: connected.rtt,
             ahead: VecDeque::new(),
         };
         conn.send(&Request::Hello { version: VERSION })?;
+        if let Some(token) = &endpoint.token {
+            conn.send(&Request::Auth {
+                token: token.clone(),
+            })?;
+        }
         Ok(conn)
     }
 
@@ -152,9 +180,16 @@ impl Connection {
     pub fn greet(&mut self) -> Result<(), RequestError> {
         if !self.greeted {
             match self.read_reply()? {
-                Reply::Hello { version } if version == VERSION => self.greeted = true,
+                Reply::Hello { version } if version == VERSION => {}
                 other => return Err(unexpected(other)),
             }
+            if self.authenticating {
+                match self.read_reply()? {
+                    Reply::AuthOk => {}
+                    other => return Err(unexpected(other)),
+                }
+            }
+            self.greeted = true;
         }
         Ok(())
     }
@@ -165,7 +200,7 @@ impl Connection {
 
     /// The socket, for registering with the shutdown registry.
     pub fn stream(&self) -> &TcpStream {
-        &self.writer
+        &self.socket
     }
 
     /// Sends one request line. If the server closed the connection under
@@ -174,7 +209,11 @@ impl Connection {
     pub fn send(&mut self, request: &Request) -> Result<(), RequestError> {
         let mut line = request.to_string();
         line.push('\n');
-        if let Err(e) = self.writer.write_all(line.as_bytes()) {
+        let stream = self.reader.get_mut().get_mut();
+        if let Err(e) = stream
+            .write_all(line.as_bytes())
+            .and_then(|()| stream.flush())
+        {
             return Err(self.refusal().unwrap_or(RequestError::from(e)));
         }
         Ok(())
@@ -183,7 +222,7 @@ impl Connection {
     /// The error line a server sent before it closed the connection, if
     /// one is waiting (read with a short timeout: nothing else is).
     fn refusal(&mut self) -> Option<RequestError> {
-        let _ = self.writer.set_read_timeout(Some(REFUSAL_WAIT));
+        let _ = self.socket.set_read_timeout(Some(REFUSAL_WAIT));
         loop {
             match self.read_reply() {
                 Err(e @ (RequestError::Server { .. } | RequestError::WrongInput(_))) => {

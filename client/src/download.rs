@@ -85,6 +85,12 @@ pub struct Downloader {
 }
 
 impl Downloader {
+    /// Why the run must stop, if a server turned out unusable (see
+    /// [`Pool::fatal`]).
+    pub fn fatal(&self) -> Option<&str> {
+        self.pools.iter().find_map(|p| p.fatal())
+    }
+
     /// Makes one attempt at downloading `job.entry` from `job.servers`.
     pub fn download(&self, job: &Job) -> Outcome {
         let entry = &job.entry;
@@ -525,6 +531,7 @@ impl Downloader {
         if self.shutdown.is_requested() {
             return Outcome::Cancelled;
         }
+        pool.note(&e);
         match e {
             RequestError::WrongInput(why) => Outcome::Changed(format!("{}: {why}", entry.name)),
             RequestError::Server {
@@ -601,6 +608,10 @@ impl Downloader {
                 Err(e) => {
                     if self.shutdown.is_requested() {
                         continue;
+                    }
+                    pool.note(&e);
+                    if e.is_fatal() {
+                        return Err(format!("{}: {e}", pool.addr()));
                     }
                     if e.is_too_slow() {
                         // Another connection to a server this slow would

@@ -27,6 +27,7 @@ mod progress;
 mod ratelimit;
 mod scheduler;
 mod store;
+mod transport;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ use crate::pool::Pool;
 use crate::progress::Progress;
 use crate::ratelimit::RateLimit;
 use crate::scheduler::{fetch_lists, Policy, Scheduler};
+use crate::transport::{Endpoint, Security};
+use fastdl_tls::known::KnownServers;
 
 /// Exit status when Ctrl-C interrupted a `--once` run.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -85,23 +88,15 @@ fn run(args: Args) -> Result<ExitCode> {
     let out = OutDir::open(&args.out)
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))?;
 
-    let mut addrs = Vec::new();
-    for server in &args.servers {
-        let addr = connection::resolve(server).with_context(|| {
-            format!("cannot resolve server address {server:?} (want HOST:PORT)")
-        })?;
-        if addrs.contains(&addr) {
-            bail!("--server {server} is given twice");
-        }
-        addrs.push(addr);
-    }
     let connections = args.connections as usize;
     let jobs = args.jobs as usize;
+    let mut pools = Vec::new();
+    for endpoint in endpoints(&args)? {
+        pools.push(Pool::new(endpoint, connections * jobs));
+    }
+    let addrs: Vec<_> = pools.iter().map(Pool::addr).collect();
     let downloader = Arc::new(Downloader {
-        pools: addrs
-            .iter()
-            .map(|&addr| Pool::new(addr, connections * jobs, args.speed_floor()))
-            .collect(),
+        pools,
         out,
         connections,
         plan: args.plan,
@@ -182,6 +177,9 @@ fn run(args: Args) -> Result<ExitCode> {
     }
 
     let summary = scheduler.run(names_rx);
+    if let Some(why) = &summary.fatal {
+        bail!("{why}; stopping");
+    }
     if summary.cancelled {
         info!("stopped; unfinished downloads keep their part files and start again next time");
         return Ok(interrupted(args.once));
@@ -201,6 +199,48 @@ fn run(args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// How to reach each `--server`: its address, TLS with its identity
+/// pinned in the known servers (or plain TCP with `--plaintext`), the
+/// access token.
+fn endpoints(args: &Args) -> Result<Vec<Endpoint>> {
+    if let Some(token) = &args.token {
+        if !fastdl_protocol::message::is_access_token(token) {
+            bail!("--token (or FASTDL_TOKEN): a token is 1 to 512 visible ASCII characters, without spaces");
+        }
+    }
+    let known = if args.plaintext {
+        None
+    } else {
+        let path = args
+            .known_servers
+            .clone()
+            .or_else(|| fastdl_support::config_path("known_servers"))
+            .context("no place for the known servers: neither XDG_CONFIG_HOME nor HOME is set; pass --known-servers FILE")?;
+        Some(Arc::new(KnownServers::load(&path)?))
+    };
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for server in &args.servers {
+        let addr = connection::resolve(server).with_context(|| {
+            format!("cannot resolve server address {server:?} (want HOST:PORT)")
+        })?;
+        if endpoints.iter().any(|e| e.addr == addr) {
+            bail!("--server {server} is given twice");
+        }
+        let security = match &known {
+            Some(known) => Security::tls(server, known),
+            None => Security::Plain,
+        };
+        endpoints.push(Endpoint {
+            addr,
+            shown: server.clone(),
+            security,
+            token: args.token.clone(),
+            floor: args.speed_floor(),
+        });
+    }
+    Ok(endpoints)
 }
 
 fn interrupted(once: bool) -> ExitCode {
@@ -235,6 +275,9 @@ fn first_lists(
                 }
             })
             .collect();
+        if let Some(why) = downloader.fatal() {
+            bail!("{why}");
+        }
         if lists.iter().any(Option::is_some) {
             for e in &errors {
                 warn!("cannot get the list from server {e}; going on without it for now");

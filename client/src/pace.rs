@@ -115,6 +115,12 @@ impl<R> Paced<R> {
             window: Window::default(),
         }
     }
+
+    /// The stream underneath, for writing (writes are not paced here:
+    /// the socket's write timeout bounds them).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
 }
 
 /// Whether an I/O error is a [`TooSlow`] verdict or a read that waited a

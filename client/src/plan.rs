@@ -8,8 +8,7 @@
 //! missing with ranged reads instead of restarting the file.
 
 use std::io::{BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
 
 use fastdl_protocol::digest::piece_range;
 use fastdl_protocol::line::expect_line;
@@ -20,9 +19,10 @@ use log::{info, warn};
 
 use crate::connection::RequestError;
 use crate::fetcher::{land_piece, FileTask};
-use crate::pace::{Paced, SpeedFloor};
+use crate::pace::Paced;
 use crate::piece_writer::PieceBuf;
 use crate::pool::Pool;
+use crate::transport::{self, Connected, Endpoint};
 
 /// Runs a plan for `task`'s file. Returns once every stream ended; pieces
 /// that did not land stay in the queue for ranged reads.
@@ -75,7 +75,7 @@ pub fn receive(pool: &Pool, task: &FileTask<'_>, shutdown: &Shutdown) -> Result<
                     chunks,
                     token,
                 };
-                if let Err(e) = stream.run(task, shutdown, pool.floor()) {
+                if let Err(e) = stream.run(task, shutdown, pool.endpoint()) {
                     if !shutdown.is_requested() {
                         warn!(
                             "{name}: plan stream {index} (port {port}) ended early: {e}; \
@@ -103,12 +103,14 @@ impl Stream<'_> {
         &self,
         task: &FileTask<'_>,
         shutdown: &Shutdown,
-        floor: SpeedFloor,
+        endpoint: &Endpoint,
     ) -> Result<(), RequestError> {
         let addr = SocketAddr::new(self.ip, self.port);
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-        let _registered = shutdown.register(&stream);
-        stream.set_read_timeout(Some(floor.window))?;
+        // The same identity check as the control connection's.
+        let Connected {
+            mut stream, socket, ..
+        } = transport::connect_to(addr, endpoint)?;
+        let _registered = shutdown.register(&socket);
         stream.write_all(
             format!(
                 "{}\n",
@@ -118,7 +120,8 @@ impl Stream<'_> {
             )
             .as_bytes(),
         )?;
-        let mut reader = BufReader::with_capacity(64 * 1024, Paced::new(stream, floor));
+        stream.flush()?;
+        let mut reader = BufReader::with_capacity(64 * 1024, Paced::new(stream, endpoint.floor));
         let line = expect_line(&mut reader, MAX_REPLY_LINE)?;
         let expected = chunks_of_stream(self.chunks, self.streams as u32, self.index as u32);
         match Reply::parse(&line)? {

@@ -7,36 +7,63 @@
 //! connection with those answers read and dropped).
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::connection::{Ahead, Connection, RequestError};
-use crate::pace::SpeedFloor;
+use crate::transport::Endpoint;
 
+/// The idle connections to one server.
 pub struct Pool {
-    addr: SocketAddr,
+    /// How connections to this server are made.
+    endpoint: Arc<Endpoint>,
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
-    /// The progress deadline of every connection opened here.
-    floor: SpeedFloor,
+    /// Why no connection to this server may be used at all, once that is
+    /// known (its identity changed, it refused our token, it does not
+    /// speak what we speak): the run stops with this.
+    fatal: OnceLock<String>,
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr, max_idle: usize, floor: SpeedFloor) -> Pool {
+    pub fn new(endpoint: Endpoint, max_idle: usize) -> Pool {
         Pool {
-            addr,
+            endpoint: Arc::new(endpoint),
             idle: Mutex::new(Vec::new()),
             max_idle,
-            floor,
+            fatal: OnceLock::new(),
         }
     }
 
-    /// The progress deadline of this server's connections.
-    pub fn floor(&self) -> SpeedFloor {
-        self.floor
+    /// How connections to this server are made (a plan's streams too).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.endpoint.addr
+    }
+
+    /// Notes an error met with this server: one no retry can help makes
+    /// the server unusable for the rest of the run (see [`Self::fatal`]).
+    pub fn note(&self, e: &RequestError) {
+        if e.is_fatal() {
+            let _ = self
+                .fatal
+                .set(format!("server {}: {e}", self.endpoint.shown));
+        }
+    }
+
+    /// Why this server cannot be used at all, if that is known.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.get().map(String::as_str)
+    }
+
+    fn open(&self) -> Result<Connection, RequestError> {
+        let opened = Connection::open(&self.endpoint);
+        if let Err(e) = &opened {
+            self.note(e);
+        }
+        opened
     }
 
     /// An idle connection with nothing left unread, or a new one.
@@ -44,7 +71,7 @@ impl Pool {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let Some(mut conn) = idle else {
-                return Connection::open(self.addr, self.floor);
+                return self.open();
             };
             if conn.settle().is_ok() {
                 return Ok(conn);
@@ -77,12 +104,13 @@ impl Pool {
         std::thread::scope(|scope| {
             for i in 0..missing {
                 scope.spawn(move || {
-                    let Ok(mut conn) = Connection::open(self.addr, self.floor) else {
+                    let Ok(mut conn) = self.open() else {
                         return;
                     };
                     let sent = ahead(i).into_iter().try_for_each(|a| conn.send_ahead(a));
-                    if sent.is_ok() && conn.greet().is_ok() {
-                        self.put(conn);
+                    match sent.and_then(|()| conn.greet()) {
+                        Ok(()) => self.put(conn),
+                        Err(e) => self.note(&e),
                     }
                 });
             }

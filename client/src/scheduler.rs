@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use fastdl_protocol::{validate_name, Listing};
+use fastdl_protocol::{validate_name, Listing, ProtocolError};
 use fastdl_support::printable;
 use fastdl_support::shutdown::Shutdown;
 use log::{error, info, warn};
 
-use crate::connection::Ahead;
+use crate::connection::{Ahead, RequestError};
 use crate::download::{Downloader, Job, Outcome};
 use crate::lander;
 use crate::mirrors::{vote, Vote};
@@ -32,6 +32,8 @@ pub struct Summary {
     pub already_had: usize,
     pub failed: Vec<(String, String)>,
     pub cancelled: bool,
+    /// Why the run had to stop (a server no retry can help with).
+    pub fatal: Option<String>,
 }
 
 /// How the scheduler treats names and failures.
@@ -147,6 +149,10 @@ impl Scheduler {
         loop {
             if self.shutdown.is_requested() {
                 self.summary.cancelled = true;
+                break;
+            }
+            if let Some(why) = self.downloader.fatal() {
+                self.summary.fatal = Some(why.to_owned());
                 break;
             }
             select! {
@@ -388,7 +394,7 @@ impl Scheduler {
 
 /// Fetches the list from every server at once, sending `ahead` right
 /// after each `LIST` request.
-pub fn fetch_lists(downloader: &Downloader, ahead: &[Ahead]) -> Vec<Result<Listing, String>> {
+pub fn fetch_lists(downloader: &Downloader, ahead: &[Ahead]) -> Vec<Result<Listing, RequestError>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = downloader
             .pools
@@ -402,9 +408,9 @@ pub fn fetch_lists(downloader: &Downloader, ahead: &[Ahead]) -> Vec<Result<Listi
                         }
                         listing
                     });
-                    fetched.map_err(|e| {
+                    fetched.inspect_err(|e| {
+                        pool.note(e);
                         pool.clear();
-                        e.to_string()
                     })
                 })
             })
@@ -412,8 +418,11 @@ pub fn fetch_lists(downloader: &Downloader, ahead: &[Ahead]) -> Vec<Result<Listi
         handles
             .into_iter()
             .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("list fetch panicked".into()))
+                h.join().unwrap_or_else(|_| {
+                    Err(RequestError::Connection(ProtocolError::Unexpected(
+                        "list fetch panicked".into(),
+                    )))
+                })
             })
             .collect()
     })

@@ -20,8 +20,9 @@ pub use listing::{Entry, Listing};
 pub use message::{ErrorCode, Reply, Request};
 pub use name::{validate_name, NameError};
 
-/// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+/// The protocol version this build speaks. Version 2 runs over TLS 1.3 by
+/// default (ALPN `fastdl/2`) and adds `AUTH`; version 1 was plain TCP.
+pub const VERSION: u32 = 2;
 
 /// The TCP port a server listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 1337;

@@ -29,6 +29,9 @@ pub enum Request {
     Plan { name: String },
     /// `JOIN <token>`: the first line on a plan's data stream.
     Join { token: String },
+    /// `AUTH <token>`: an access token, for a server that wants one
+    /// before it shows its list or any byte.
+    Auth { token: String },
     /// `QUIT`: the server answers `BYE` and closes.
     Quit,
 }
@@ -52,6 +55,15 @@ pub enum ErrorCode {
     Limit,
     /// The server failed to read the file.
     Io,
+    /// The server wants an access token (none was given, or it was not
+    /// accepted).
+    Auth,
+    /// Sent in plain text by a server that speaks TLS to a client that
+    /// does not.
+    TlsRequired,
+    /// Sent in plain text by a server that runs without TLS
+    /// (`--plaintext`) to a client that began a TLS handshake.
+    PlaintextOnly,
     /// A code this build does not know (from a newer peer).
     Other(String),
 }
@@ -67,6 +79,9 @@ impl ErrorCode {
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::Limit => "LIMIT",
             ErrorCode::Io => "IO",
+            ErrorCode::Auth => "AUTH",
+            ErrorCode::TlsRequired => "TLS_REQUIRED",
+            ErrorCode::PlaintextOnly => "PLAINTEXT_ONLY",
             ErrorCode::Other(code) => code,
         }
     }
@@ -81,6 +96,9 @@ impl ErrorCode {
             "TIMEOUT" => ErrorCode::Timeout,
             "LIMIT" => ErrorCode::Limit,
             "IO" => ErrorCode::Io,
+            "AUTH" => ErrorCode::Auth,
+            "TLS_REQUIRED" => ErrorCode::TlsRequired,
+            "PLAINTEXT_ONLY" => ErrorCode::PlaintextOnly,
             other => ErrorCode::Other(other.to_owned()),
         }
     }
@@ -119,6 +137,8 @@ pub enum Reply {
     Error { code: ErrorCode, message: String },
     /// `BYE`: answer to `QUIT`; the server closes the connection.
     Bye,
+    /// `AUTH OK`: the access token was accepted (or none is needed).
+    AuthOk,
 }
 
 /// Replaces characters that would break the one-line framing.
@@ -166,6 +186,19 @@ fn parse_name(rest: &str) -> Result<String, ProtocolError> {
 
 /// Length of a plan token in hex digits (128 random bits).
 pub const TOKEN_HEX_LEN: usize = 32;
+
+/// Longest access token (`AUTH`), in bytes.
+pub const MAX_ACCESS_TOKEN: usize = 512;
+
+/// Whether `token` can be an access token: 1 to [`MAX_ACCESS_TOKEN`]
+/// visible ASCII characters (no spaces), so that it is one field of a
+/// line and can sit in a token file, an environment variable and an HTTP
+/// header alike.
+pub fn is_access_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_ACCESS_TOKEN
+        && token.bytes().all(|b| b.is_ascii_graphic())
+}
 
 fn parse_token(field: &str, line: &str) -> Result<String, ProtocolError> {
     if field.len() == TOKEN_HEX_LEN && field.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -234,6 +267,13 @@ impl Request {
             "JOIN" => Ok(Request::Join {
                 token: parse_token(rest, line)?,
             }),
+            "AUTH" if is_access_token(rest) => Ok(Request::Auth {
+                token: rest.to_owned(),
+            }),
+            "AUTH" => Err(ProtocolError::Malformed {
+                what: "AUTH (want AUTH <token>: 1 to 512 visible ASCII characters)",
+                line: "AUTH …".into(),
+            }),
             _ => Err(ProtocolError::malformed("request (unknown command)", line)),
         }
     }
@@ -252,6 +292,7 @@ impl fmt::Display for Request {
             Request::Pieces { name } => write!(f, "PIECES {name}"),
             Request::Plan { name } => write!(f, "PLAN {name}"),
             Request::Join { token } => write!(f, "JOIN {token}"),
+            Request::Auth { token } => write!(f, "AUTH {token}"),
             Request::Quit => f.write_str("QUIT"),
         }
     }
@@ -294,6 +335,7 @@ impl Reply {
             }
             "END" => no_args(rest, "END", line).map(|_| Reply::End),
             "BYE" => no_args(rest, "BYE", line).map(|_| Reply::Bye),
+            "AUTH" if rest == "OK" => Ok(Reply::AuthOk),
             "WRONG_INPUT" => Ok(Reply::WrongInput {
                 reason: rest.to_owned(),
             }),
@@ -361,6 +403,7 @@ impl fmt::Display for Reply {
                 )
             }
             Reply::Bye => f.write_str("BYE"),
+            Reply::AuthOk => f.write_str("AUTH OK"),
         }
     }
 }
@@ -391,6 +434,9 @@ mod tests {
             },
             Request::Join {
                 token: "0123456789abcdef0123456789abcdef".into(),
+            },
+            Request::Auth {
+                token: "s3cret-Token_with.punct!".into(),
             },
         ];
         for req in cases {
@@ -445,6 +491,9 @@ mod tests {
             "JOIN",
             "JOIN xyz",
             "JOIN 0123456789abcdef0123456789abcdeg",
+            "AUTH",
+            "AUTH two words",
+            "AUTH é",
         ] {
             assert!(Request::parse(line).is_err(), "{line:?} parsed");
         }
@@ -475,6 +524,10 @@ mod tests {
                 index: 2,
                 chunks: 233,
             },
+            Reply::AuthOk,
+            Reply::error(ErrorCode::Auth, "a token is needed"),
+            Reply::error(ErrorCode::TlsRequired, "x"),
+            Reply::error(ErrorCode::PlaintextOnly, "y"),
         ];
         for reply in cases {
             let line = reply.to_string();

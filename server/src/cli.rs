@@ -101,6 +101,27 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub plan_unit: u64,
 
+    /// The server's identity: its TLS key and certificate, made on first
+    /// start (mode 0600) and kept here. Clients pin its fingerprint
+    /// (printed at start). [default: $XDG_CONFIG_HOME/fastdl/server-identity.pem,
+    /// else ~/.config/fastdl/server-identity.pem]
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+
+    /// Speak plain TCP instead of TLS (protocol 2 without encryption),
+    /// for a trusted link where every cycle counts: ranges go out with
+    /// sendfile, zero copy. Clients must use --plaintext too; nothing
+    /// falls back on its own.
+    #[arg(long)]
+    pub plaintext: bool,
+
+    /// Only clients presenting one of the tokens in FILE (one per line,
+    /// an optional label after it; # comments) see the list or any byte.
+    /// The file is read again when it changes. Without it the folder is
+    /// public (but, over TLS, encrypted).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// More detail in the log (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
@@ -115,6 +136,13 @@ fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 impl Args {
+    /// The identity file in use: --identity, or the default.
+    pub fn identity_path(&self) -> Option<PathBuf> {
+        self.identity
+            .clone()
+            .or_else(|| fastdl_support::config_path("server-identity.pem"))
+    }
+
     pub fn level(&self) -> LevelFilter {
         fastdl_support::logging::level(self.quiet, self.verbose)
     }

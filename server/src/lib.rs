@@ -26,17 +26,58 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use log::{error, info};
+use log::{error, info, warn};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{watch, Catalog};
 use crate::cli::Args;
+use crate::net::auth::Tokens;
 use crate::net::conn::LineTimeouts;
 use crate::net::table::{Limits, Table};
+use crate::net::transport::{self, Transport};
 use crate::net::{limits, listener, Config, Ctx};
 use crate::status::Stats;
 use crate::transfer::pace::SpeedFloor;
 use crate::transfer::plan::{PlanConfig, Plans};
+
+/// TLS with the server's identity (made on first start), or plain TCP
+/// with `--plaintext`.
+fn transport_for(args: &Args) -> Result<Transport> {
+    if args.plaintext {
+        return Ok(Transport::Plain);
+    }
+    let path = args.identity_path().context(
+        "no place for the server identity: neither XDG_CONFIG_HOME nor HOME is set; pass --identity FILE",
+    )?;
+    let (identity, origin) = fastdl_tls::identity::Identity::load_or_create(&path)?;
+    match origin {
+        fastdl_tls::identity::Origin::Created => {
+            info!(
+                "made a new server identity in {} (mode 0600)",
+                path.display()
+            )
+        }
+        fastdl_tls::identity::Origin::Loaded => {
+            if fastdl_tls::identity::Identity::too_open(&path) {
+                warn!(
+                    "{} can be read by others than its owner: chmod 600 it",
+                    path.display()
+                );
+            }
+        }
+    }
+    info!(
+        "server identity {} (from {}); clients pin it on first contact; \
+         curl: --pinnedpubkey {}",
+        identity.fingerprint,
+        path.display(),
+        identity.fingerprint
+    );
+    let config = identity
+        .server_config(&[fastdl_tls::ALPN_FASTDL])
+        .context("cannot set up TLS with the server identity")?;
+    Ok(transport::tls(config))
+}
 
 /// How long shutdown waits for connections to close after Ctrl-C.
 const DRAIN: Duration = Duration::from_millis(1500);
@@ -74,6 +115,20 @@ fn run(args: Args) -> Result<()> {
         "file descriptors: {nofile}; at most {} connections, {} per address, {} plans ({} per address)",
         table_limits.max_total, table_limits.max_per_addr, max_plans, args.max_plans_per_client
     );
+
+    let transport = transport_for(&args)?;
+    let tokens = match &args.token_file {
+        Some(path) => {
+            let tokens = Tokens::load(path)?;
+            info!(
+                "access by token only: {} tokens in {}",
+                tokens.count(),
+                path.display()
+            );
+            Some(tokens)
+        }
+        None => None,
+    };
 
     let catalog = Arc::new(Catalog::new(
         &args.dir,
@@ -123,6 +178,7 @@ fn run(args: Args) -> Result<()> {
             },
             Arc::clone(&stats),
             shutdown.clone(),
+            transport.clone(),
         ));
         let ctx = Arc::new(Ctx {
             catalog: Arc::clone(&catalog),
@@ -137,10 +193,19 @@ fn run(args: Args) -> Result<()> {
                 send_floor,
                 max_range: args.max_range,
             },
+            transport,
+            tokens,
             rescan: wake_tx,
         });
         for listener in &listeners {
-            info!("listening on {}", listener.local_addr()?);
+            let addr = listener.local_addr()?;
+            info!("listening on {addr}");
+            if args.plaintext && !addr.ip().is_loopback() {
+                warn!(
+                    "listening on {addr} WITHOUT TLS (--plaintext): anyone on the path can read \
+                     and alter every byte, and any token; use it on trusted links only"
+                );
+            }
         }
         info!(
             "serving {} files from {}; list in {}",

@@ -5,6 +5,19 @@
 pub mod logging;
 pub mod shutdown;
 
+/// Where fastdl keeps a file of the user's configuration:
+/// `$XDG_CONFIG_HOME/fastdl/<file>`, else `$HOME/.config/fastdl/<file>`;
+/// `None` if neither variable is set (a service without a home: the
+/// path must then be given).
+pub fn config_path(file: &str) -> Option<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?)
+            .join(".config"),
+    };
+    Some(base.join("fastdl").join(file))
+}
+
 /// Longest quoted text in a log line, in characters.
 pub const QUOTE_LIMIT: usize = 120;
 

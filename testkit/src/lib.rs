@@ -148,19 +148,28 @@ impl Server {
         Server::start_on(resources, work, 0, extra)
     }
 
-    /// Like [`Server::start`] on a given port (0: a free one).
+    /// Like [`Server::start`] on a given port (0: a free one). The
+    /// server's identity is kept in `work/identity.pem` unless `extra`
+    /// names another (`--identity`) or turns TLS off (`--plaintext`).
     pub fn start_on(resources: &Path, work: &Path, port: u16, extra: &[&str]) -> Server {
         fs::create_dir_all(work).expect("work folder");
         let log = work.join(format!("server-{}.log", unique()));
         let list = work.join("text.txt");
-        let child = Command::new(bin("fastdl-server"))
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        let mut cmd = Command::new(bin("fastdl-server"));
+        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .arg("--dir")
             .arg(resources)
             .arg("--list")
             .arg(&list)
             .arg("--log")
-            .arg(&log)
+            .arg(&log);
+        if !extra
+            .iter()
+            .any(|a| *a == "--identity" || *a == "--plaintext")
+        {
+            cmd.arg("--identity").arg(work.join("identity.pem"));
+        }
+        let child = cmd
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -245,7 +254,8 @@ impl Drop for Server {
 }
 
 /// A `fastdl-client` command preset for a test: `--server`, `--out`,
-/// `--input`, `--log` in `work`, no progress bars.
+/// `--input`, `--log` and `--known-servers` in `work`, no progress bars,
+/// no access token from the environment.
 pub fn client(server: &str, work: &Path) -> Command {
     let mut cmd = Command::new(bin("fastdl-client"));
     cmd.args(["--server", server])
@@ -255,6 +265,9 @@ pub fn client(server: &str, work: &Path) -> Command {
         .arg(work.join("data"))
         .arg("--log")
         .arg(work.join("client.log"))
+        .arg("--known-servers")
+        .arg(work.join("known_servers"))
+        .env_remove("FASTDL_TOKEN")
         .stdin(Stdio::null());
     cmd
 }
@@ -448,6 +461,48 @@ impl StallProxy {
             })
         });
         StallProxy { addr, stalled }
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 that forwards to `target` untouched and keeps
+/// a copy of every byte that passes, both ways: what someone on the path
+/// would see.
+pub struct TapProxy {
+    pub addr: SocketAddr,
+    /// Everything that passed, both directions, in arrival order.
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl TapProxy {
+    pub fn start(target: SocketAddr) -> TapProxy {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        let tap = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                for (from, to) in [(c2, s2), (server, client)] {
+                    let tap = std::sync::Arc::clone(&tap);
+                    let record: Tamper = Box::new(move |_, buf: &mut [u8]| {
+                        tap.lock().unwrap().extend_from_slice(buf);
+                        buf.len()
+                    });
+                    std::thread::spawn(move || pipe(from, to, Some(record)));
+                }
+            }
+        });
+        TapProxy { addr, seen }
+    }
+
+    /// Whether `needle` appears anywhere in what passed.
+    pub fn saw(&self, needle: &[u8]) -> bool {
+        let seen = self.seen.lock().unwrap();
+        !needle.is_empty() && seen.windows(needle.len()).any(|w| w == needle)
     }
 }
 

@@ -88,7 +88,7 @@ fn serve(conn: TcpStream, how: Misbehaviour) {
         }
         let req = line.trim_end().to_owned();
         let reply: Vec<u8> = if req.starts_with("FASTDL") {
-            b"FASTDL 1\n".to_vec()
+            b"FASTDL 2\n".to_vec()
         } else if req == "LIST" {
             match how {
                 Misbehaviour::GarbageList => b"\x00\xffWHAT IS THIS\n".to_vec(),
@@ -209,7 +209,14 @@ fn run(how: Misbehaviour, name: &str) -> (tempfile::TempDir, Output) {
     fs::create_dir_all(&work).unwrap();
     fs::write(work.join("input.txt"), format!("{name}\n")).unwrap();
     let out = run_with_deadline(
-        client(&fake_server(how), &work).args(["--once", "--retries", "2", "--retry-wait", "1"]),
+        client(&fake_server(how), &work).args([
+            "--once",
+            "--plaintext",
+            "--retries",
+            "2",
+            "--retry-wait",
+            "1",
+        ]),
         DEADLINE,
     );
     (tmp, out)
@@ -229,7 +236,9 @@ fn run_bounded(
     fs::create_dir_all(&work).unwrap();
     fs::write(work.join("input.txt"), "f.txt\n").unwrap();
     let (out, peak) = run_measuring_memory(
-        client(&fake_server(how), &work).arg("--once").args(args),
+        client(&fake_server(how), &work)
+            .args(["--once", "--plaintext"])
+            .args(args),
         deadline,
         max_kib,
     );

@@ -11,4 +11,5 @@ mod hostile_server;
 mod mirrors;
 mod plan;
 mod resume;
+mod tls;
 mod watch;

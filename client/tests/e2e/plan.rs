@@ -118,10 +118,10 @@ fn raw(server: &Server) -> (BufReader<TcpStream>, TcpStream) {
         .unwrap();
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
-    w.write_all(b"FASTDL 1\n").unwrap();
+    w.write_all(b"FASTDL 2\n").unwrap();
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
-    assert_eq!(line, "FASTDL 1\n");
+    assert_eq!(line, "FASTDL 2\n");
     (r, w)
 }
 
@@ -140,7 +140,7 @@ fn plan_ports_want_the_token_once_and_plans_are_bounded() {
     let server = Server::start(
         &res,
         &tmp.path().join("s"),
-        &["--max-plans", "1", "--plan-unit", "20000"],
+        &["--plaintext", "--max-plans", "1", "--plan-unit", "20000"],
     );
     let (mut r, mut w) = raw(&server);
     let accepted = request(&mut r, &mut w, "PLAN f.bin");

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use fastdl_protocol::line::{take_line, Scan};
 use fastdl_protocol::{ProtocolError, MAX_REQUEST_LINE};
-use tokio::net::TcpStream;
+
+use super::transport::Io;
 
 /// Bytes read from the socket at a time while gathering request lines.
 const READ_CHUNK: usize = 4096;
@@ -56,7 +57,7 @@ pub enum LineError {
 
 /// A client connection.
 pub struct Conn {
-    pub stream: TcpStream,
+    pub io: Io,
     pub peer: SocketAddr,
     /// Bytes received and not yet taken as lines (empty, and unallocated,
     /// while waiting between requests).
@@ -68,9 +69,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, peer: SocketAddr) -> Conn {
+    pub fn new(io: Io, peer: SocketAddr) -> Conn {
         Conn {
-            stream,
+            io,
             peer,
             pending: Vec::new(),
             line_began: None,
@@ -95,19 +96,10 @@ impl Conn {
             if let Some(line) = self.take_line()? {
                 return line;
             }
-            let deadline = match self.line_began {
-                Some(began) => began + timeouts.per_line,
-                None => self.idle_since + timeouts.idle,
-            };
-            match tokio::time::timeout_at(deadline.into(), self.stream.readable()).await {
-                Ok(ready) => ready?,
-                Err(_) if self.line_began.is_some() => {
-                    return Err(LineError::Slow(timeouts.per_line))
-                }
-                Err(_) => return Err(LineError::Idle(timeouts.idle)),
-            }
+            // What is already here first (TLS may hold whole requests
+            // that the socket will not announce again), then wait.
             let mut chunk = [0u8; READ_CHUNK];
-            match self.stream.try_read(&mut chunk) {
+            match self.io.try_read(&mut chunk) {
                 Ok(0) if self.pending.is_empty() => return Err(LineError::Closed),
                 Ok(0) => return Err(LineError::ClosedMidLine),
                 Ok(n) => {
@@ -115,9 +107,21 @@ impl Conn {
                         self.line_began = Some(Instant::now());
                     }
                     self.pending.extend_from_slice(&chunk[..n]);
+                    continue;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
+            }
+            let deadline = match self.line_began {
+                Some(began) => began + timeouts.per_line,
+                None => self.idle_since + timeouts.idle,
+            };
+            match tokio::time::timeout_at(deadline.into(), self.io.tcp().readable()).await {
+                Ok(ready) => ready?,
+                Err(_) if self.line_began.is_some() => {
+                    return Err(LineError::Slow(timeouts.per_line))
+                }
+                Err(_) => return Err(LineError::Idle(timeouts.idle)),
             }
         }
     }
@@ -158,13 +162,13 @@ mod tests {
         per_line: Duration::from_millis(300),
     };
 
-    async fn pair() -> (Conn, TcpStream) {
+    async fn pair() -> (Conn, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, peer) = listener.accept().await.unwrap();
-        (Conn::new(server, peer), client)
+        (Conn::new(Io::Plain(server), peer), client)
     }
 
     #[tokio::test]

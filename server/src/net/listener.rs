@@ -14,11 +14,10 @@ use log::{debug, warn};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::conn::Conn;
 use super::session::serve;
 use super::table::Refusal;
 use super::Ctx;
-use crate::transfer::{self, pace::SpeedFloor};
+use crate::transfer;
 
 /// How long a refused connection may take to receive its one line.
 const REFUSAL_DEADLINE: Duration = Duration::from_millis(500);
@@ -74,26 +73,34 @@ pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, index: usize, shutdown: C
                     );
                 }
                 let ctx = Arc::clone(&ctx);
-                tokio::spawn(serve(ctx, Conn::new(stream, peer), ticket, index));
+                tokio::spawn(serve(ctx, stream, peer, ticket, index));
             }
             Err(refusal) => {
                 ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
                 debug!("{peer}: refused: {refusal}");
-                tokio::spawn(refuse(stream, refusal, ctx.config.send_floor));
+                tokio::spawn(refuse(stream, refusal, Arc::clone(&ctx)));
             }
         }
     }
 }
 
-/// Sends one `ERROR BUSY` line and closes.
-async fn refuse(stream: TcpStream, refusal: Refusal, floor: SpeedFloor) {
+/// Sends one `ERROR BUSY` line (over TLS when the server speaks it, so
+/// that the client can read it) and closes.
+async fn refuse(stream: TcpStream, refusal: Refusal, ctx: Arc<Ctx>) {
     let line = format!("{}\n", Reply::error(ErrorCode::Busy, refusal.to_string()));
+    let setup = ctx
+        .transport
+        .accept(stream, REFUSAL_DEADLINE, REFUSAL_DEADLINE);
+    let Ok(mut io) = setup.await else {
+        return;
+    };
+    let floor = ctx.config.send_floor;
     let _ = tokio::time::timeout(
         REFUSAL_DEADLINE,
-        transfer::write_all(&stream, line.as_bytes(), floor),
+        transfer::write_all(&mut io, line.as_bytes(), floor),
     )
     .await;
-    linger_close(&stream, REFUSAL_DEADLINE).await;
+    linger_close(io.tcp(), REFUSAL_DEADLINE).await;
 }
 
 /// Closes our side after a last line, and reads (and drops) what the peer

@@ -26,21 +26,27 @@
 //! thread per connection (BENCHMARKS.md).
 //!
 //! Submodules: `listener` (accept, admit or refuse), `table` (limits and
-//! eviction), `conn` (request lines in, with their deadlines), `session`
-//! (the protocol), `limits` (file descriptors and the defaults they allow).
+//! eviction), `transport` (TLS or plain, and the check that a client
+//! speaks the same), `conn` (request lines in, with their deadlines),
+//! `auth` (access tokens), `session` (the protocol), `limits` (file
+//! descriptors and the defaults they allow).
 
+pub mod auth;
 pub mod conn;
 pub mod limits;
 pub mod listener;
 pub mod session;
 pub mod table;
+pub mod transport;
 
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
+use self::auth::Tokens;
 use self::conn::LineTimeouts;
 use self::table::Table;
+use self::transport::Transport;
 use crate::catalog::Catalog;
 use crate::status::Stats;
 use crate::transfer::pace::SpeedFloor;
@@ -64,6 +70,10 @@ pub struct Ctx {
     pub table: Arc<Table>,
     pub plans: Arc<Plans>,
     pub config: Config,
+    /// TLS (the server's identity) or plain TCP, for every connection.
+    pub transport: Transport,
+    /// The accepted access tokens; `None`: the folder is public.
+    pub tokens: Option<Tokens>,
     /// Asks the catalog for an early rescan (a file changed under us).
     pub rescan: Sender<()>,
 }

@@ -24,6 +24,7 @@ use log::{debug, info, warn};
 
 use super::conn::{Conn, LineError};
 use super::table::Ticket;
+use super::transport::{self, Io, SetupError};
 use super::Ctx;
 use crate::catalog::open::{OpenError, OpenFile};
 use crate::catalog::FileInfo;
@@ -57,6 +58,9 @@ struct Session<'a> {
     port: &'a PortStats,
     port_index: usize,
     greeted: bool,
+    /// Whether the client may see the list and the files: from the start
+    /// on a server without tokens, after a good `AUTH` on one with.
+    authorized: bool,
     requests: u64,
     sent: u64,
     files: BTreeMap<String, u64>,
@@ -71,19 +75,30 @@ enum Waited {
 }
 
 /// Serves one connection until the peer leaves, errs, is evicted, or the
-/// server shuts down.
-pub async fn serve(ctx: Arc<Ctx>, conn: Conn, ticket: Ticket, port_index: usize) {
+/// server shuts down: first its transport (TLS handshake, or the check
+/// that a plaintext client is one), then its requests.
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ticket: Ticket,
+    port_index: usize,
+) {
     let port = &ctx.stats.ports[port_index];
     port.accepted.fetch_add(1, Ordering::Relaxed);
     port.active.fetch_add(1, Ordering::Relaxed);
-    let peer = conn.peer;
     let started = Instant::now();
+    let Some(io) = set_up(&ctx, stream, peer, &ticket).await else {
+        port.active.fetch_sub(1, Ordering::Relaxed);
+        return;
+    };
     let mut session = Session {
-        conn,
+        conn: Conn::new(io, peer),
         ctx: &ctx,
         port,
         port_index,
         greeted: false,
+        authorized: ctx.tokens.is_none(),
         requests: 0,
         sent: 0,
         files: BTreeMap::new(),
@@ -105,9 +120,8 @@ pub async fn serve(ctx: Arc<Ctx>, conn: Conn, ticket: Ticket, port_index: usize)
             Waited::Closed => {
                 if ticket.evicted() {
                     debug!("{peer}: closed to make room for a new connection");
-                    let why = "closed to make room: the server is full and this connection was idle longest";
                     session
-                        .last_word(&Reply::error(ErrorCode::Timeout, why))
+                        .last_word(&Reply::error(ErrorCode::Timeout, EVICTED))
                         .await;
                 }
                 break;
@@ -162,13 +176,56 @@ pub async fn serve(ctx: Arc<Ctx>, conn: Conn, ticket: Ticket, port_index: usize)
     session.log_summary(started);
 }
 
+/// The connection's transport, within the deadlines and until evicted.
+/// A plaintext server tells a connection closed before its first byte
+/// why (a TLS server cannot: the client has not begun TLS).
+async fn set_up(
+    ctx: &Ctx,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ticket: &Ticket,
+) -> Option<Io> {
+    let lines = ctx.config.lines;
+    let first = tokio::select! {
+        biased;
+        () = ticket.close.cancelled() => None,
+        first = transport::first_byte(&stream, lines.idle) => Some(first),
+    };
+    let why = match first {
+        Some(Ok(first)) => {
+            let setup = ctx.transport.setup(stream, first, lines.per_line);
+            return tokio::select! {
+                biased;
+                () = ticket.close.cancelled() => None,
+                io = setup => io.inspect_err(|e| debug!("{peer}: {e}")).ok(),
+            };
+        }
+        Some(Err(SetupError::Idle(idle))) => format!("no request for {} s", idle.as_secs()),
+        Some(Err(e)) => {
+            debug!("{peer}: {e}");
+            return None;
+        }
+        None if ticket.evicted() => EVICTED.to_owned(),
+        None => return None,
+    };
+    debug!("{peer}: {why}; closing");
+    if !ctx.transport.is_tls() {
+        transport::say(&stream, &Reply::error(ErrorCode::Timeout, why)).await;
+    }
+    None
+}
+
+/// What a connection closed to make room is told.
+const EVICTED: &str =
+    "closed to make room: the server is full and this connection was idle longest";
+
 impl Session<'_> {
     /// Sends one reply line.
     async fn reply(&mut self, reply: &Reply) -> Result<(), SendError> {
         let mut line = reply.to_string();
         line.push('\n');
         transfer::write_all(
-            &self.conn.stream,
+            &mut self.conn.io,
             line.as_bytes(),
             self.ctx.config.send_floor,
         )
@@ -196,12 +253,21 @@ impl Session<'_> {
             .await
             .is_ok()
         {
-            super::listener::linger_close(&self.conn.stream, LAST_WORD).await;
+            if let Io::Tls(tls) = &mut self.conn.io {
+                // close_notify: the client can tell our close from a cut.
+                let shutdown = tokio::io::AsyncWriteExt::shutdown(tls.as_mut());
+                let _ = tokio::time::timeout(LAST_WORD, shutdown).await;
+            }
+            super::listener::linger_close(self.conn.io.tcp(), LAST_WORD).await;
         }
     }
 
     async fn handle(&mut self, request: Request) -> (Verdict, Next) {
-        debug!("{}: {}", self.conn.peer, request);
+        match &request {
+            // A token is a secret: never in the log.
+            Request::Auth { .. } => debug!("{}: AUTH (token withheld)", self.conn.peer),
+            request => debug!("{}: {request}", self.conn.peer),
+        }
         if !self.greeted {
             return match request {
                 Request::Hello { version } if version == VERSION => {
@@ -225,15 +291,26 @@ impl Session<'_> {
                 }
             };
         }
+        if let Request::Auth { token } = &request {
+            return self.auth(token).await;
+        }
+        if !self.authorized && !matches!(request, Request::Hello { .. } | Request::Quit) {
+            let why = "this server needs an access token: fastdl-client --token TOKEN \
+                       (or the environment variable FASTDL_TOKEN)";
+            info!("{}: {request} without a token; refused", self.conn.peer);
+            self.last_word(&Reply::error(ErrorCode::Auth, why)).await;
+            return (Verdict::Refused, Next::Close);
+        }
         match request {
             Request::Hello { .. } => {
                 self.answer(&Reply::Hello { version: VERSION }, Verdict::Served)
                     .await
             }
+            Request::Auth { .. } => (Verdict::Served, Next::Continue),
             Request::List => {
                 let listing = Arc::clone(&self.ctx.catalog.snapshot().list_reply);
                 let sent =
-                    transfer::write_all(&self.conn.stream, &listing, self.ctx.config.send_floor)
+                    transfer::write_all(&mut self.conn.io, &listing, self.ctx.config.send_floor)
                         .await;
                 self.after_send(sent, Verdict::Served)
             }
@@ -251,6 +328,40 @@ impl Session<'_> {
             Request::Quit => {
                 let _ = self.reply(&Reply::Bye).await;
                 (Verdict::Served, Next::Close)
+            }
+        }
+    }
+
+    /// Answers `AUTH <token>`: `AUTH OK`, or (after a wait that grows with
+    /// the address's failures) `ERROR AUTH` and the close.
+    async fn auth(&mut self, token: &str) -> (Verdict, Next) {
+        let peer = self.conn.peer;
+        let Some(tokens) = &self.ctx.tokens else {
+            // A public server: any token, or none, will do.
+            self.authorized = true;
+            return self.answer(&Reply::AuthOk, Verdict::Served).await;
+        };
+        match tokens.check(token) {
+            Some(label) => {
+                tokens.succeeded(peer.ip());
+                info!(
+                    "{peer}: token accepted{}",
+                    if label.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({label})")
+                    }
+                );
+                self.authorized = true;
+                self.answer(&Reply::AuthOk, Verdict::Served).await
+            }
+            None => {
+                let wait = tokens.failed(peer.ip(), Instant::now());
+                warn!("{peer}: token not accepted; answering in {wait:?}");
+                tokio::time::sleep(wait).await;
+                let reply = Reply::error(ErrorCode::Auth, "token not accepted");
+                self.last_word(&reply).await;
+                (Verdict::Refused, Next::Close)
             }
         }
     }
@@ -291,13 +402,13 @@ impl Session<'_> {
         // In slices: a huge file's digests are never one buffer.
         for digests in info.tree.pieces.chunks(DIGESTS_PER_WRITE) {
             push_digests(&mut text, digests);
-            if let Err(e) = transfer::write_all(&self.conn.stream, text.as_bytes(), floor).await {
+            if let Err(e) = transfer::write_all(&mut self.conn.io, text.as_bytes(), floor).await {
                 return self.after_send(Err(e), Verdict::Served);
             }
             text.clear();
         }
         text.push_str("END\n");
-        let sent = transfer::write_all(&self.conn.stream, text.as_bytes(), floor).await;
+        let sent = transfer::write_all(&mut self.conn.io, text.as_bytes(), floor).await;
         self.after_send(sent, Verdict::Served)
     }
 
@@ -358,13 +469,14 @@ impl Session<'_> {
         let header = format!("{}\n", Reply::Data { length });
         let stats = &self.ctx.stats;
         stats.active_transfers.fetch_add(1, Ordering::Relaxed);
-        let stream = &self.conn.stream;
+        let io = &mut self.conn.io;
+        let mut pace = transfer::pace(io, self.ctx.config.send_floor);
         let result = transfer::send_range(
-            stream,
+            io,
             header.as_bytes(),
             &file.file,
             (offset, length),
-            &mut transfer::pace(stream, self.ctx.config.send_floor),
+            &mut pace,
             &self.port.bytes_sent,
         )
         .await;
@@ -402,7 +514,7 @@ impl Session<'_> {
                 return self.refuse(&reply).await;
             }
         };
-        let local = match self.conn.stream.local_addr() {
+        let local = match self.conn.io.tcp().local_addr() {
             Ok(addr) => addr.ip(),
             Err(e) => {
                 let reply = Reply::error(ErrorCode::Io, format!("cannot set up a plan: {e}"));

@@ -5,7 +5,8 @@
 //! Sends run in the event loop on non-blocking sockets: a send waits for
 //! the socket to take more, never a thread. With the page cache warm (the
 //! common case for a file being served), `sendfile` costs the loop no
-//! more than the copy inside the kernel.
+//! more than the copy inside the kernel. Over TLS the file is read in
+//! 256 KiB slices and sealed by rustls (no kernel TLS on this machine).
 
 pub mod pace;
 pub mod plan;
@@ -15,11 +16,15 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use std::os::unix::fs::FileExt;
+
 use rustix::net::SendFlags;
-use tokio::io::Interest;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use self::pace::{queued, SendPace, SpeedFloor, TooSlow};
+use crate::net::transport::Io;
 
 /// Send buffer asked for on data connections where that beats autotuning.
 const SEND_BUFFER: usize = 8 << 20;
@@ -92,13 +97,16 @@ async fn writable(stream: &TcpStream, pace: &mut SendPace) -> Result<(), SendErr
     }
 }
 
-/// Writes all of `bytes` (a reply) to `stream`, held to `floor`.
-pub async fn write_all(
-    stream: &TcpStream,
-    bytes: &[u8],
-    floor: SpeedFloor,
-) -> Result<(), SendError> {
-    send_bytes(stream, bytes, SendFlags::empty(), &mut pace(stream, floor)).await
+/// Writes all of `bytes` (a reply) to `io`, held to `floor`.
+pub async fn write_all(io: &mut Io, bytes: &[u8], floor: SpeedFloor) -> Result<(), SendError> {
+    let mut pace = pace(io, floor);
+    match io {
+        Io::Plain(stream) => send_bytes(stream, bytes, SendFlags::empty(), &mut pace).await,
+        Io::Tls(tls) => {
+            tls_write_all(tls, bytes, &mut pace).await?;
+            tls_flush(tls, &mut pace).await
+        }
+    }
 }
 
 async fn send_bytes(
@@ -123,17 +131,76 @@ async fn send_bytes(
     Ok(())
 }
 
-/// The progress deadline of a send starting now on `stream`.
-pub fn pace(stream: &TcpStream, floor: SpeedFloor) -> SendPace {
-    SendPace::start(floor, Instant::now(), queued(stream))
+/// Hands `bytes` to TLS, held to `pace`: each wait for TLS to take more
+/// ends at the window's end, when progress is judged.
+async fn tls_write_all(
+    tls: &mut TlsStream<TcpStream>,
+    mut bytes: &[u8],
+    pace: &mut SendPace,
+) -> Result<(), SendError> {
+    while !bytes.is_empty() {
+        let written = tokio::time::timeout_at(pace.deadline().into(), tls.write(bytes)).await;
+        judge_if_due(tls.get_ref().0, pace)?;
+        if let Ok(n) = written {
+            let n = n?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+            }
+            bytes = &bytes[n..];
+            pace.wrote(n);
+        }
+    }
+    Ok(())
 }
 
-/// Sends `header` and then `length` bytes of `file` from `offset` with
-/// `sendfile` (no copy through this process), held to `pace` (one pace may
-/// cover several ranges: a plan stream's chunks). The header goes out with
-/// `MSG_MORE` so that it shares a segment with the data. `sent` is
-/// advanced as bytes leave.
+/// Writes out what TLS still holds, held to `pace`.
+async fn tls_flush(tls: &mut TlsStream<TcpStream>, pace: &mut SendPace) -> Result<(), SendError> {
+    loop {
+        let flushed = tokio::time::timeout_at(pace.deadline().into(), tls.flush()).await;
+        judge_if_due(tls.get_ref().0, pace)?;
+        if let Ok(result) = flushed {
+            return Ok(result?);
+        }
+    }
+}
+
+fn judge_if_due(stream: &TcpStream, pace: &mut SendPace) -> Result<(), TooSlow> {
+    let now = Instant::now();
+    if now >= pace.deadline() {
+        pace.judge(now, queued(stream))?;
+    }
+    Ok(())
+}
+
+/// The progress deadline of a send starting now on `io`.
+pub fn pace(io: &Io, floor: SpeedFloor) -> SendPace {
+    SendPace::start(floor, Instant::now(), queued(io.tcp()))
+}
+
+/// Bytes read from a file at a time on the TLS path.
+const TLS_READ: usize = 256 << 10;
+
+/// Sends `header` and then `length` bytes of `file` from `offset`, held to
+/// `pace` (one pace may cover several ranges: a plan stream's chunks), and
+/// advances `sent` as bytes leave. In plain text, with `sendfile` (no copy
+/// through this process; the header goes out with `MSG_MORE` to share a
+/// segment with the data); over TLS, read into `buf` and sealed in
+/// records.
 pub async fn send_range(
+    io: &mut Io,
+    header: &[u8],
+    file: &File,
+    range: (u64, u64),
+    pace: &mut SendPace,
+    sent: &AtomicU64,
+) -> Result<(), SendError> {
+    match io {
+        Io::Plain(stream) => sendfile_range(stream, header, file, range, pace, sent).await,
+        Io::Tls(tls) => tls_range(tls, header, file, range, pace, sent).await,
+    }
+}
+
+async fn sendfile_range(
     stream: &TcpStream,
     header: &[u8],
     file: &File,
@@ -165,6 +232,32 @@ pub async fn send_range(
         }
     }
     Ok(())
+}
+
+async fn tls_range(
+    tls: &mut TlsStream<TcpStream>,
+    header: &[u8],
+    file: &File,
+    (offset, length): (u64, u64),
+    pace: &mut SendPace,
+    sent: &AtomicU64,
+) -> Result<(), SendError> {
+    tls_write_all(tls, header, pace).await?;
+    let mut buf = vec![0u8; TLS_READ.min(length as usize)];
+    let mut pos = offset;
+    let end = offset + length;
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let chunk = &mut buf[..want];
+        file.read_exact_at(chunk, pos).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => SendError::Shrank,
+            _ => SendError::Io(e),
+        })?;
+        tls_write_all(tls, chunk, pace).await?;
+        pos += want as u64;
+        sent.fetch_add(want as u64, Ordering::Relaxed);
+    }
+    tls_flush(tls, pace).await
 }
 
 /// Most bytes one `sendfile` call is asked for.

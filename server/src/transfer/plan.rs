@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pace::SpeedFloor;
 use crate::net::conn::{Conn, LineTimeouts};
+use crate::net::transport::{first_byte, say, Transport};
 use crate::status::Stats;
 
 /// How long a plan's ports wait for their streams to join.
@@ -68,6 +69,9 @@ pub struct Plans {
     open: Mutex<Open>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    /// Streams speak what the control connection speaks (TLS by default,
+    /// with the server's identity).
+    transport: Transport,
 }
 
 /// Holds one plan's slot until the plan's last task drops it.
@@ -103,12 +107,18 @@ pub struct PlanRequest<'a> {
 }
 
 impl Plans {
-    pub fn new(config: PlanConfig, stats: Arc<Stats>, shutdown: CancellationToken) -> Plans {
+    pub fn new(
+        config: PlanConfig,
+        stats: Arc<Stats>,
+        shutdown: CancellationToken,
+        transport: Transport,
+    ) -> Plans {
         Plans {
             config,
             open: Mutex::new(Open::default()),
             stats,
             shutdown,
+            transport,
         }
     }
 
@@ -299,7 +309,23 @@ impl Plan {
         index: usize,
         won: &AtomicBool,
     ) -> Option<Conn> {
-        let mut conn = Conn::new(stream, addr);
+        let transport = &self.plans.transport;
+        let first = tokio::select! {
+            () = self.plans.shutdown.cancelled() => return None,
+            first = first_byte(&stream, JOIN_LINE_TIMEOUT) => first,
+        };
+        let Ok(first) = first else {
+            // Nothing came: in plain text the connection can still be told.
+            if !transport.is_tls() {
+                say(&stream, &Reply::wrong_input("bad plan token")).await;
+            }
+            return None;
+        };
+        let io = tokio::select! {
+            () = self.plans.shutdown.cancelled() => return None,
+            io = transport.setup(stream, first, JOIN_LINE_TIMEOUT) => io.ok()?,
+        };
+        let mut conn = Conn::new(io, addr);
         let timeouts = LineTimeouts {
             idle: JOIN_LINE_TIMEOUT,
             per_line: JOIN_LINE_TIMEOUT,
@@ -321,7 +347,7 @@ impl Plan {
             let refusal = format!("{}\n", Reply::wrong_input("bad plan token"));
             let _ = tokio::time::timeout(
                 JOIN_LINE_TIMEOUT,
-                super::write_all(&conn.stream, refusal.as_bytes(), floor),
+                super::write_all(&mut conn.io, refusal.as_bytes(), floor),
             )
             .await;
             return None;
@@ -338,7 +364,7 @@ impl Plan {
                 chunks: mine,
             }
         );
-        super::write_all(&conn.stream, header.as_bytes(), floor)
+        super::write_all(&mut conn.io, header.as_bytes(), floor)
             .await
             .ok()
             .map(|()| conn)
@@ -346,11 +372,11 @@ impl Plan {
 
     /// Sends chunks index, index + N, index + 2N, ... on one stream.
     async fn send_stream(&self, conn: Conn, index: usize) {
-        let stream = conn.stream;
-        super::tune_for_bulk(&stream);
+        let mut io = conn.io;
+        super::tune_for_bulk(io.tcp());
         let stats = &self.plans.stats;
         stats.active_transfers.fetch_add(1, Ordering::Relaxed);
-        let mut pace = super::pace(&stream, self.plans.config.floor);
+        let mut pace = super::pace(&io, self.plans.config.floor);
         let mut chunk = index as u64;
         while chunk < self.chunks {
             let (offset, length) = piece_range(self.size, chunk);
@@ -362,7 +388,7 @@ impl Plan {
             let sent = tokio::select! {
                 () = self.plans.shutdown.cancelled() => break,
                 sent = super::send_range(
-                    &stream,
+                    &mut io,
                     &header,
                     &self.file,
                     (offset, length),
@@ -380,7 +406,14 @@ impl Plan {
             chunk += self.streams as u64;
         }
         stats.active_transfers.fetch_sub(1, Ordering::Relaxed);
-        let _ = rustix::net::shutdown(&stream, rustix::net::Shutdown::Write);
+        if let crate::net::transport::Io::Tls(tls) = &mut io {
+            let _ = tokio::time::timeout(
+                JOIN_LINE_TIMEOUT,
+                tokio::io::AsyncWriteExt::shutdown(tls.as_mut()),
+            )
+            .await;
+        }
+        let _ = rustix::net::shutdown(io.tcp(), rustix::net::Shutdown::Write);
     }
 }
 
@@ -415,6 +448,7 @@ mod tests {
             },
             Arc::new(Stats::new(&[1])),
             CancellationToken::new(),
+            Transport::Plain,
         ));
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();

@@ -47,8 +47,8 @@ impl Raw {
 
     fn hello(addr: SocketAddr) -> Raw {
         let mut raw = Raw::connect(addr);
-        raw.send("FASTDL 1\n");
-        assert_eq!(raw.line().as_deref(), Some("FASTDL 1"));
+        raw.send("FASTDL 2\n");
+        assert_eq!(raw.line().as_deref(), Some("FASTDL 2"));
         raw
     }
 
@@ -93,6 +93,7 @@ fn a_fifo_renamed_over_a_listed_file_is_refused_and_frees_its_slot() {
         &res,
         &tmp.path().join("srv"),
         &[
+            "--plaintext",
             "--max-connections",
             &slots.to_string(),
             "--max-per-client",
@@ -130,7 +131,7 @@ fn a_fifo_renamed_over_a_listed_file_is_refused_and_frees_its_slot() {
     fs::create_dir_all(&work).unwrap();
     fs::write(work.join("input.txt"), "g.bin\n").unwrap();
     let output = run_with_deadline(
-        client(&server.url(), &work).arg("--once"),
+        client(&server.url(), &work).args(["--once", "--plaintext"]),
         Duration::from_secs(60),
     );
     assert!(
@@ -152,7 +153,7 @@ fn a_symlink_to_the_log_folder_does_not_feed_a_rescan_loop() {
     let srv = tmp.path().join("srv");
     fs::create_dir_all(&srv).unwrap();
     std::os::unix::fs::symlink(&srv, res.join("logs")).unwrap();
-    let server = Server::start(&res, &srv, &["--rescan", "1"]);
+    let server = Server::start(&res, &srv, &["--plaintext", "--rescan", "1"]);
     // Let start-up settle, then watch the log over several rescan periods.
     std::thread::sleep(Duration::from_secs(2));
     let before = fs::metadata(&server.log).unwrap().len();
@@ -172,11 +173,15 @@ fn half_a_line_behind_a_whole_one_meets_the_line_deadline() {
     let tmp = tempfile::tempdir().unwrap();
     let res = published(tmp.path());
     fs::write(res.join("a.txt"), b"a").unwrap();
-    let server = Server::start(&res, &tmp.path().join("srv"), &["--request-timeout", "2"]);
+    let server = Server::start(
+        &res,
+        &tmp.path().join("srv"),
+        &["--plaintext", "--request-timeout", "2"],
+    );
     let mut raw = Raw::connect(server.addr);
     let started = Instant::now();
-    raw.send("FASTDL 1\nLI");
-    assert_eq!(raw.line().as_deref(), Some("FASTDL 1"));
+    raw.send("FASTDL 2\nLI");
+    assert_eq!(raw.line().as_deref(), Some("FASTDL 2"));
     let reply = raw.line();
     let waited = started.elapsed();
     assert!(
@@ -211,14 +216,18 @@ fn one_address_cannot_hold_every_plan() {
     // One stream per plan (the table's megabyte made 10 MB), and far more
     // than the socket buffers hold.
     write_file(&res.join("big.bin"), 48 << 20, 3);
-    let server = Server::start(&res, &tmp.path().join("srv"), &["--plan-unit", "10000000"]);
+    let server = Server::start(
+        &res,
+        &tmp.path().join("srv"),
+        &["--plaintext", "--plan-unit", "10000000"],
+    );
     let attacker: IpAddr = "127.0.0.2".parse().unwrap();
     let mut held = Vec::new();
     let mut refused = None;
     for _ in 0..16 {
         let mut control = Raw::connect_from(Some(attacker), server.addr, None);
-        control.send("FASTDL 1\nPLAN big.bin\n");
-        assert_eq!(control.line().as_deref(), Some("FASTDL 1"));
+        control.send("FASTDL 2\nPLAN big.bin\n");
+        assert_eq!(control.line().as_deref(), Some("FASTDL 2"));
         let reply = control.line().unwrap();
         if reply.starts_with("ERROR BUSY") {
             refused = Some(held.len());
@@ -283,13 +292,13 @@ fn every_refusal_counts_towards_closing_the_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let res = published(tmp.path());
     fs::write(res.join("a.txt"), b"a").unwrap();
-    let server = Server::start(&res, &tmp.path().join("srv"), &[]);
+    let server = Server::start(&res, &tmp.path().join("srv"), &["--plaintext"]);
     let mut raw = Raw::connect(server.addr);
     let mut requests = String::new();
     for i in 0..51 {
         requests.push_str(match i {
             0..=9 => "LIST\n",               // before the version exchange
-            10 => "FASTDL 1\n",              // accepted: the count starts again
+            10 => "FASTDL 2\n",              // accepted: the count starts again
             11..=20 => "GET 0 1 nope.bin\n", // not listed
             _ => "PIECES nope.bin\n",
         });
@@ -313,19 +322,19 @@ fn a_busy_server_is_reported_as_busy() {
     let server = Server::start(
         &res,
         &tmp.path().join("srv"),
-        &["--max-per-client", "1", "--speed-time", "60"],
+        &["--plaintext", "--max-per-client", "1", "--speed-time", "60"],
     );
     // The one connection allowed from 127.0.0.1 is busy: a range its
     // reader does not read.
     let mut holder = Raw::connect_from(None, server.addr, Some(4096));
-    holder.send(&format!("FASTDL 1\nGET 0 {} big.bin\n", 40 << 20));
-    assert_eq!(holder.line().as_deref(), Some("FASTDL 1"));
+    holder.send(&format!("FASTDL 2\nGET 0 {} big.bin\n", 40 << 20));
+    assert_eq!(holder.line().as_deref(), Some("FASTDL 2"));
     assert_eq!(holder.line(), Some(format!("DATA {}", 40 << 20)));
     let work = tmp.path().join("work");
     fs::create_dir_all(&work).unwrap();
     fs::write(work.join("input.txt"), "big.bin\n").unwrap();
     let output = run_with_deadline(
-        client(&server.url(), &work).args(["--once", "--retries", "1"]),
+        client(&server.url(), &work).args(["--once", "--plaintext", "--retries", "1"]),
         Duration::from_secs(60),
     );
     let stderr = String::from_utf8_lossy(&output.stderr);

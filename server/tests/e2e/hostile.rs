@@ -36,7 +36,8 @@ const IDLE_CONNECTIONS: usize = 500;
 /// How long a raw connection waits for a reply before the test fails.
 const REPLY_DEADLINE: Duration = Duration::from_secs(15);
 
-const SERVER_FLAGS: [&str; 8] = [
+const SERVER_FLAGS: [&str; 9] = [
+    "--plaintext",
     "--idle-timeout",
     "2",
     "--write-timeout",
@@ -117,8 +118,8 @@ impl Conn {
     /// Opens a connection and does the version handshake.
     fn hello(addr: SocketAddr, sniff: &Arc<Sniff>, who: &str) -> Conn {
         let mut conn = Conn::open(addr, sniff, who);
-        conn.send(b"FASTDL 1\n").unwrap();
-        assert_eq!(conn.line().as_deref(), Some("FASTDL 1"), "{who}: handshake");
+        conn.send(b"FASTDL 2\n").unwrap();
+        assert_eq!(conn.line().as_deref(), Some("FASTDL 2"), "{who}: handshake");
         conn
     }
 
@@ -495,10 +496,10 @@ fn half_open(addr: SocketAddr, sniff: Arc<Sniff>, big: Vec<u8>) -> String {
     // Requests, then the write side closed: all answered, then EOF.
     let who = "half-open after requests";
     let mut conn = Conn::open(addr, &sniff, who);
-    conn.send(b"FASTDL 1\nLIST\nGET 0 1048576 big.bin\nPIECES small.txt\n")
+    conn.send(b"FASTDL 2\nLIST\nGET 0 1048576 big.bin\nPIECES small.txt\n")
         .unwrap();
     conn.writer.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(conn.line().as_deref(), Some("FASTDL 1"));
+    assert_eq!(conn.line().as_deref(), Some("FASTDL 2"));
     assert_eq!(conn.line().as_deref(), Some("LIST 3"));
     for _ in 0..3 {
         conn.line().unwrap();
@@ -639,7 +640,7 @@ fn range_tricks(addr: SocketAddr, sniff: Arc<Sniff>) -> String {
         "PIECES".into(),
         "PIECES ".into(),
         "LIST now".into(),
-        "FASTDL 1 2".into(),
+        "FASTDL 2 2".into(),
         "DATA 5".into(),
         "JOIN 0123456789abcdef0123456789abcdef".into(),
         "JOIN ../x".into(),
@@ -660,7 +661,7 @@ fn range_tricks(addr: SocketAddr, sniff: Arc<Sniff>) -> String {
     conn.send(b"FASTDL 4294967295\n").unwrap();
     let reply = conn.line().unwrap();
     assert_eq!(
-        reply, "FASTDL 1",
+        reply, "FASTDL 2",
         "a repeated handshake is answered with ours"
     );
     format!(
@@ -847,7 +848,7 @@ fn download(proxy: SocketAddr, work: &Path, digest: &str) -> Duration {
     fs::write(work.join("input.txt"), format!("{BIG}\n")).unwrap();
     // Rate-limited so that the downloads span the attacks.
     let output = run_with_deadline(
-        client(&proxy.to_string(), work).args(["--once", "--limit-rate", "12M"]),
+        client(&proxy.to_string(), work).args(["--once", "--plaintext", "--limit-rate", "12M"]),
         Duration::from_secs(60),
     );
     assert!(

@@ -6,3 +6,4 @@ mod flood;
 mod hardening;
 mod hostile;
 mod protocol;
+mod tls;

@@ -27,12 +27,12 @@ fn handshake_list_and_ranged_read() {
     let res = tmp.path().join("res");
     write_file(&res.join("a b.txt"), 1000, 1);
     std::fs::write(res.join("ü.txt"), b"hello world").unwrap();
-    let server = Server::start(&res, tmp.path(), &[]);
+    let server = Server::start(&res, tmp.path(), &["--plaintext"]);
     let (mut r, mut w) = connect(&server);
     w.write_all(b"LIST\n").unwrap();
     assert!(line(&mut r).starts_with("ERROR HANDSHAKE"));
-    w.write_all(b"FASTDL 1\nLIST\n").unwrap();
-    assert_eq!(line(&mut r), "FASTDL 1");
+    w.write_all(b"FASTDL 2\nLIST\n").unwrap();
+    assert_eq!(line(&mut r), "FASTDL 2");
     assert_eq!(line(&mut r), "LIST 2");
     assert!(line(&mut r).starts_with("1) a b.txt\t1000\t"));
     assert!(line(&mut r).starts_with("2) ü.txt\t11\t"));
@@ -54,10 +54,10 @@ fn path_tricks_are_refused_without_a_byte_of_the_file() {
     std::fs::write(tmp.path().join("secret"), b"SECRET").unwrap();
     std::os::unix::fs::symlink(tmp.path().join("secret"), res.join("link")).unwrap();
     std::fs::write(res.join("ok"), b"ok").unwrap();
-    let server = Server::start(&res, tmp.path(), &[]);
+    let server = Server::start(&res, tmp.path(), &["--plaintext"]);
     let (mut r, mut w) = connect(&server);
-    w.write_all(b"FASTDL 1\n").unwrap();
-    assert_eq!(line(&mut r), "FASTDL 1");
+    w.write_all(b"FASTDL 2\n").unwrap();
+    assert_eq!(line(&mut r), "FASTDL 2");
     for name in [
         "../secret",
         "/etc/hostname",
@@ -83,11 +83,11 @@ fn ctrl_c_ends_sessions_and_exits_0_within_2_s() {
     let tmp = tempfile::tempdir().unwrap();
     let res = tmp.path().join("res");
     write_file(&res.join("big.bin"), 32 << 20, 3);
-    let mut server = Server::start(&res, tmp.path(), &[]);
+    let mut server = Server::start(&res, tmp.path(), &["--plaintext"]);
     // A client in the middle of a large transfer that it does not read.
     let (mut r, mut w) = connect(&server);
-    w.write_all(b"FASTDL 1\nGET 0 33554432 big.bin\n").unwrap();
-    assert_eq!(line(&mut r), "FASTDL 1");
+    w.write_all(b"FASTDL 2\nGET 0 33554432 big.bin\n").unwrap();
+    assert_eq!(line(&mut r), "FASTDL 2");
     assert_eq!(line(&mut r), "DATA 33554432");
     let idle = TcpStream::connect(server.addr).unwrap();
     let started = std::time::Instant::now();
@@ -106,7 +106,11 @@ fn several_ports_and_a_status_line_for_each() {
     let res = tmp.path().join("res");
     std::fs::create_dir_all(&res).unwrap();
     std::fs::write(res.join("x"), b"x").unwrap();
-    let server = Server::start(&res, tmp.path(), &["--port", "0", "--status-interval", "1"]);
+    let server = Server::start(
+        &res,
+        tmp.path(),
+        &["--plaintext", "--port", "0", "--status-interval", "1"],
+    );
     let text = server.log_text();
     let ports: Vec<u16> = text
         .lines()
@@ -121,8 +125,8 @@ fn several_ports_and_a_status_line_for_each() {
             .unwrap();
         let mut w = stream.try_clone().unwrap();
         let mut r = BufReader::new(stream);
-        w.write_all(b"FASTDL 1\nGET 0 1 x\n").unwrap();
-        assert_eq!(line(&mut r), "FASTDL 1");
+        w.write_all(b"FASTDL 2\nGET 0 1 x\n").unwrap();
+        assert_eq!(line(&mut r), "FASTDL 2");
         assert_eq!(line(&mut r), "DATA 1");
     }
     fastdl_testkit::wait_until(
