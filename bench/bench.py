@@ -836,8 +836,8 @@ def case_small(cfg, have):
         ("fastdl --once --plaintext", lambda out: dict(
             fastdl_spec(srv, inp, out, lb("fastdl"), cfg.timeout_small),
             check=count_check(out, names, fsize))),
-        ("fastdl --once --plaintext --jobs 16", lambda out: dict(
-            fastdl_spec(srv, inp, out, lb("fastdl16"), cfg.timeout_small, extra=["--jobs", "16"]),
+                ("fastdl --once --plaintext --jobs 1", lambda out: dict(
+            fastdl_spec(srv, inp, out, lb("fastdl1"), cfg.timeout_small, extra=["--jobs", "1"]),
             check=count_check(out, names, fsize))),
         ("fastdl --once (TLS)", lambda out: dict(
             fastdl_spec(tls, inp, out, lb("fastdl-tls"), cfg.timeout_small),
@@ -864,7 +864,7 @@ def case_small(cfg, have):
     S = {k: summarize(v) for k, v in res.items()}
     http = (("aria2c -j16", "aria2c"), ("curl -Z", "curl"))
     for fl, anchors in (("fastdl --once --plaintext", http),
-                        ("fastdl --once --plaintext --jobs 16", http),
+                                                ("fastdl --once --plaintext --jobs 1", http),
                         ("fastdl --once (TLS)", (("curl -Z https", "curl"),))):
         row = {"case": f"2. {n} files of 100 KiB ({fl})", "fastdl": rate_cell(S[fl], n, "files/s"),
                "lftp": "–", "aria2c": "–"}

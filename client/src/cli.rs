@@ -38,12 +38,15 @@ pub struct Args {
     #[arg(long, default_value = "data", value_name = "DIR")]
     pub out: PathBuf,
 
-    /// Parallel connections per file. On a long, lossy path (tens of
-    /// milliseconds, some loss) 8 can be faster; many more rarely help.
+    /// Parallel connections per server, shared by every file in progress:
+    /// each takes the next piece (1 MiB) of the first file that has one
+    /// left, so one big file has all of them and many small files keep all
+    /// of them busy. On a long, lossy path (tens of milliseconds, some
+    /// loss) 8 can be faster; many more rarely help.
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub connections: u64,
 
-    /// Let the server plan the transfer (seed 000's N-stream plan): it picks
+    /// Let the server plan the transfer (its N-stream plan): it picks
     /// 1 to 8 streams from the file size (1 under 10 MB ... 8 over 1 GB),
     /// opens a port per stream and pushes 1 MiB chunks round-robin, with no
     /// request per chunk. For when the server should decide the
@@ -54,8 +57,10 @@ pub struct Args {
     #[arg(long)]
     pub plan: bool,
 
-    /// Files downloaded at once.
-    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    /// Most files in progress at once. Their pieces share the
+    /// --connections; each file is verified and lands on its own as soon as
+    /// it is complete. Names are started in the order they were written.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
     pub jobs: u64,
 
     /// Also re-read the input file every SECS seconds (besides file-system events),
@@ -145,8 +150,8 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 
 impl Args {
     /// The progress deadline of every server connection.
-    pub fn speed_floor(&self) -> crate::pace::SpeedFloor {
-        crate::pace::SpeedFloor {
+    pub fn speed_floor(&self) -> crate::net::pace::SpeedFloor {
+        crate::net::pace::SpeedFloor {
             min_rate: self.speed_limit,
             window: std::time::Duration::from_secs(self.speed_time),
         }

@@ -3,9 +3,8 @@
 //! (stderr redirected, or -q), plain log lines at start, every few seconds,
 //! and at the end.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fastdl_support::human_bytes;
@@ -46,29 +45,19 @@ impl Progress {
         }
     }
 
-    /// A writer that prints log lines above the bars (None without bars).
-    pub fn log_writer(&self) -> Option<Box<dyn Write + Send>> {
-        self.multi.clone().map(|multi| {
-            Box::new(AboveBars {
-                multi,
-                pending: Vec::new(),
-            }) as Box<dyn Write + Send>
-        })
+    /// The bars, when there are any (log lines are printed above them).
+    pub fn bars(&self) -> Option<&MultiProgress> {
+        self.multi.as_ref()
     }
 
-    /// Counts a file as queued.
-    pub fn queued(&self) {
-        let n = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(total) = &self.total {
-            total.set_length(n);
-        }
-    }
-
-    /// Counts a queued file as finished (landed, already there, or given up).
-    pub fn finished(&self) {
-        let n = self.done.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(total) = &self.total {
-            total.set_position(n);
+    /// Sets the total line: `done` of `total` files (the scheduler calls
+    /// this on every change, so a finished file shows at once).
+    pub fn totals(&self, done: u64, total: u64) {
+        self.queued.store(total, Ordering::Relaxed);
+        self.done.store(done, Ordering::Relaxed);
+        if let Some(bar) = &self.total {
+            bar.set_length(total);
+            bar.set_position(done);
         }
     }
 
@@ -80,8 +69,8 @@ impl Progress {
     }
 
     /// A progress display for one file, of which `already` bytes are present.
-    pub fn start_file(&self, name: &str, size: u64, already: u64) -> FileProgress<'_> {
-        let bar = self.multi.as_ref().map(|multi| {
+    pub fn start_file(owner: &Arc<Progress>, name: &str, size: u64, already: u64) -> FileProgress {
+        let bar = owner.multi.as_ref().map(|multi| {
             let bar = multi.insert_from_back(1, ProgressBar::new(size));
             bar.set_style(
                 ProgressStyle::with_template(
@@ -99,7 +88,7 @@ impl Progress {
             info!("{name}: downloading {}", human_bytes(size));
         }
         FileProgress {
-            owner: self,
+            owner: Arc::clone(owner),
             bar,
             name: name.to_owned(),
             size,
@@ -113,8 +102,8 @@ impl Progress {
 }
 
 /// Progress of one file.
-pub struct FileProgress<'a> {
-    owner: &'a Progress,
+pub struct FileProgress {
+    owner: Arc<Progress>,
     bar: Option<ProgressBar>,
     name: String,
     size: u64,
@@ -125,7 +114,16 @@ pub struct FileProgress<'a> {
     last_line: Mutex<Instant>,
 }
 
-impl FileProgress<'_> {
+impl FileProgress {
+    /// Sets the bytes already present (a resumed file's kept pieces, known
+    /// once they were checked).
+    pub fn already(&self, bytes: u64) {
+        self.received.store(bytes, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_position(bytes);
+        }
+    }
+
     /// Counts `n` more bytes received.
     pub fn add(&self, n: u64) {
         let received = self.received.fetch_add(n, Ordering::Relaxed) + n;
@@ -187,7 +185,7 @@ impl FileProgress<'_> {
     }
 }
 
-impl Drop for FileProgress<'_> {
+impl Drop for FileProgress {
     fn drop(&mut self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -195,30 +193,5 @@ impl Drop for FileProgress<'_> {
                 multi.remove(bar);
             }
         }
-    }
-}
-
-/// Collects log output and prints whole lines above the bars.
-struct AboveBars {
-    multi: MultiProgress,
-    pending: Vec<u8>,
-}
-
-impl Write for AboveBars {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.pending.extend_from_slice(buf);
-        if let Some(end) = self.pending.iter().rposition(|&b| b == b'\n') {
-            let lines: Vec<u8> = self.pending.drain(..=end).collect();
-            self.multi.suspend(|| std::io::stderr().write_all(&lines))?;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if !self.pending.is_empty() {
-            let rest = std::mem::take(&mut self.pending);
-            self.multi.suspend(|| std::io::stderr().write_all(&rest))?;
-        }
-        Ok(())
     }
 }

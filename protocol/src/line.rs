@@ -107,12 +107,18 @@ pub fn expect_line<R: BufRead + ?Sized>(
     read_line(reader, limit)?.ok_or(ProtocolError::Closed)
 }
 
-/// Writes `line` followed by `\n`.
+/// A request or reply as it goes on the wire: its text and `\n`. Every
+/// line any side sends is made here (async senders write the bytes
+/// themselves).
+pub fn framed(message: &impl std::fmt::Display) -> String {
+    let mut line = message.to_string();
+    line.push('\n');
+    line
+}
+
+/// Writes `line` followed by `\n`, in one write.
 pub fn write_line<W: Write + ?Sized>(writer: &mut W, line: &str) -> Result<(), ProtocolError> {
-    let mut bytes = Vec::with_capacity(line.len() + 1);
-    bytes.extend_from_slice(line.as_bytes());
-    bytes.push(b'\n');
-    writer.write_all(&bytes)?;
+    writer.write_all(framed(&line).as_bytes())?;
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! The N-stream plan (seed 000): how many data streams a file gets, and the
+//! The N-stream plan: how many data streams a file gets, and the
 //! binary frame header that carries each chunk on a stream.
 //!
 //! The server answers `PLAN <name>` with

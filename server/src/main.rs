@@ -6,5 +6,5 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    fastdl_server::main(fastdl_server::cli::Args::parse())
+    fastdl_server::app::main(fastdl_server::cli::Args::parse())
 }

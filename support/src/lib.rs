@@ -1,9 +1,9 @@
-//! Plumbing shared by `fastdl-server` and `fastdl-client`: the shutdown
-//! registry, logging to terminal and file, and byte formatting. Nothing
-//! about the protocol lives here.
+//! Plumbing shared by `fastdl-server` and `fastdl-client`: logging to
+//! terminal and file, byte counts written and read (through `bytesize` and
+//! `parse-size`), text from peers made safe for a log line, and where the
+//! user's configuration lives. Nothing about the protocol lives here.
 
 pub mod logging;
-pub mod shutdown;
 
 /// Where fastdl keeps a file of the user's configuration:
 /// `$XDG_CONFIG_HOME/fastdl/<file>`, else `$HOME/.config/fastdl/<file>`;
@@ -16,6 +16,25 @@ pub fn config_path(file: &str) -> Option<std::path::PathBuf> {
             .join(".config"),
     };
     Some(base.join("fastdl").join(file))
+}
+
+/// A progress deadline, as both ends judge a peer: `min_rate` bytes per
+/// second over `window` (`--speed-limit` and `--speed-time`, named as in
+/// curl). The client judges the time it waits for the server; the server
+/// judges what the client takes off its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpeedFloor {
+    /// Bytes per second below which a window fails.
+    pub min_rate: u64,
+    /// The time one judgement covers.
+    pub window: std::time::Duration,
+}
+
+impl SpeedFloor {
+    /// Bytes a whole window must bring.
+    pub fn min_bytes(&self) -> u64 {
+        (self.min_rate as f64 * self.window.as_secs_f64()).ceil() as u64
+    }
 }
 
 /// Longest quoted text in a log line, in characters.
@@ -50,49 +69,25 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Human-readable byte count (binary units).
+/// Human-readable byte count in binary units (`1.5 KiB`, `3.0 GiB`,
+/// `1023 B`), as `bytesize` writes it.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
 }
 
-/// Parses a byte count with an optional K, M or G suffix (binary, as curl
-/// and aria2 do): `500K`, `1.5M`, `2G`, `1048576`.
+/// Parses a byte count with an optional unit, binary as in curl and aria2
+/// (`500K` is 512,000 bytes; `1.5M`, `2G`, `1.5 MiB` and plain `1048576`
+/// work too), with `parse-size`. Zero is refused: every count given on
+/// the command line is a rate or a size that must be positive.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (number, scale) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let scale: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                _ => return Err(format!("unknown unit {c:?} in {text:?} (use K, M or G)")),
-            };
-            (&text[..i], scale)
-        }
-        _ => (text, 1),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a byte count (examples: 500K, 2M, 1G)"))?;
-    if !value.is_finite() || value <= 0.0 {
+    let bytes = parse_size::Config::new()
+        .with_binary()
+        .parse_size(text.trim())
+        .map_err(|e| format!("{text:?} is not a byte count ({e}; examples: 500K, 2M, 1G)"))?;
+    if bytes == 0 {
         return Err(format!("{text:?} must be more than zero"));
     }
-    let bytes = value * scale as f64;
-    if bytes > u64::MAX as f64 / 2.0 {
-        return Err(format!("{text:?} is too large"));
-    }
-    Ok((bytes as u64).max(1))
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -131,7 +126,8 @@ mod tests {
         assert_eq!(parse_bytes("2m"), Ok(2 << 20));
         assert_eq!(parse_bytes("1.5M"), Ok(3 << 19));
         assert_eq!(parse_bytes("1G"), Ok(1 << 30));
-        for bad in ["", "x", "0", "-5K", "5T", "K", "nan"] {
+        assert_eq!(parse_bytes("1.5 MiB"), Ok(3 << 19));
+        for bad in ["", "x", "0", "-5K", "K", "nan"] {
             assert!(parse_bytes(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,10 +1,12 @@
-//! Logging to the terminal (stderr) and to a log file, through `log`.
+//! Logging to the terminal (stderr) and to a log file, through `log`
+//! (`simplelog` writes the lines).
 //!
-//! A binary that draws progress bars passes its own terminal writer so that
-//! log lines are printed around the bars instead of through them.
+//! A binary that draws progress bars wraps the logger [`build`] makes in
+//! `indicatif-log-bridge`, so that log lines are printed above the bars
+//! instead of through them; the others call [`init`].
 
 use std::fs::OpenOptions;
-use std::io::{IsTerminal, LineWriter, Write};
+use std::io::{IsTerminal, LineWriter};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -34,30 +36,31 @@ pub fn level(quiet: bool, verbose: u8) -> LevelFilter {
 }
 
 /// Starts logging at `level` to the terminal and, appending, to `file`
-/// (which always gets at least info). `terminal` replaces stderr when given.
-pub fn init(
-    level: LevelFilter,
-    file: &Path,
-    terminal: Option<Box<dyn Write + Send>>,
-) -> Result<()> {
+/// (which always gets at least info).
+pub fn init(level: LevelFilter, file: &Path) -> Result<()> {
+    let (logger, max) = build(level, file)?;
+    log::set_boxed_logger(logger).context("cannot start logging")?;
+    log::set_max_level(max);
+    Ok(())
+}
+
+/// The logger [`init`] installs, not installed yet, and the most detailed
+/// level it logs (for `log::set_max_level`).
+pub fn build(level: LevelFilter, file: &Path) -> Result<(Box<dyn log::Log>, LevelFilter)> {
     let log_file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(file)
         .with_context(|| format!("cannot open log file {}", file.display()))?;
-    let term: Box<dyn SharedLogger> = match terminal {
-        Some(writer) => WriteLogger::new(level, config(), LineWriter::new(writer)),
-        None => {
-            // termcolor's Auto looks only at TERM, so ask whether stderr is a terminal.
-            let colors = if std::io::stderr().is_terminal() {
-                ColorChoice::Auto
-            } else {
-                ColorChoice::Never
-            };
-            TermLogger::new(level, config(), TerminalMode::Stderr, colors)
-        }
+    // termcolor's Auto looks only at TERM, so ask whether stderr is a terminal.
+    let colors = if std::io::stderr().is_terminal() {
+        ColorChoice::Auto
+    } else {
+        ColorChoice::Never
     };
-    CombinedLogger::init(vec![
+    let term: Box<dyn SharedLogger> =
+        TermLogger::new(level, config(), TerminalMode::Stderr, colors);
+    let combined = CombinedLogger::new(vec![
         term,
         // simplelog writes a record in several pieces: a LineWriter turns
         // each record into one write (it matters with thousands of files).
@@ -66,7 +69,7 @@ pub fn init(
             config(),
             LineWriter::new(log_file),
         ),
-    ])
-    .context("cannot start logging")?;
-    Ok(())
+    ]);
+    let max = combined.level();
+    Ok((combined, max))
 }

@@ -29,8 +29,9 @@ enum Misbehaviour {
     /// The same, but the digests that finally come do not add up to the
     /// listed file digest.
     DigestsThatDoNotAddUp,
-    /// Answers `PIECES` with a count that cannot fit the file and digest
-    /// lines without end (issue 15, break 1).
+    /// Lists the multi-piece big.bin and answers `PIECES` for it with a
+    /// count that cannot fit the file and digest lines without end (issue
+    /// 15, break 1).
     EndlessPieces,
     /// Lists a file of nearly 2^64 bytes and answers `PIECES` for it with
     /// the matching count and digest lines without end.
@@ -105,7 +106,9 @@ fn serve(conn: TcpStream, how: Misbehaviour) {
                 Misbehaviour::PathTrickInList => {
                     format!("LIST 1\n{}\nEND\n", entry_line("../evil.txt", CONTENT)).into_bytes()
                 }
-                Misbehaviour::SlowDigests | Misbehaviour::DigestsThatDoNotAddUp => {
+                Misbehaviour::SlowDigests
+                | Misbehaviour::DigestsThatDoNotAddUp
+                | Misbehaviour::EndlessPieces => {
                     format!("LIST 1\n{}\nEND\n", entry_line("big.bin", big())).into_bytes()
                 }
                 Misbehaviour::HugeListedSize => format!(
@@ -146,7 +149,9 @@ fn serve(conn: TcpStream, how: Misbehaviour) {
             let offset: usize = words.next().unwrap().parse().unwrap();
             let length: usize = words.next().unwrap().parse().unwrap();
             match how {
-                Misbehaviour::SlowDigests | Misbehaviour::DigestsThatDoNotAddUp => {
+                Misbehaviour::SlowDigests
+                | Misbehaviour::DigestsThatDoNotAddUp
+                | Misbehaviour::EndlessPieces => {
                     let mut reply = format!("DATA {length}\n").into_bytes();
                     reply.extend_from_slice(&big()[offset..offset + length]);
                     reply
@@ -172,11 +177,7 @@ fn serve(conn: TcpStream, how: Misbehaviour) {
                     let _ = r.read_line(&mut line);
                     return;
                 }
-                Misbehaviour::EndlessPieces => {
-                    let mut reply = format!("DATA {length}\n").into_bytes();
-                    reply.extend_from_slice(&CONTENT[offset..offset + length]);
-                    reply
-                }
+
                 _ => {
                     let mut reply = format!("DATA {length}\n").into_bytes();
                     reply.extend(std::iter::repeat_n(b'X', length));
@@ -222,9 +223,9 @@ fn run(how: Misbehaviour, name: &str) -> (tempfile::TempDir, Output) {
     (tmp, out)
 }
 
-/// Runs `fastdl-client --once` for f.txt with `args` against a fake
-/// server, within `deadline`, killing it past `max_kib` of memory; returns
-/// its output and peak memory (KiB).
+/// Runs `fastdl-client --once` for the file the fake server lists (big.bin
+/// or f.txt) with `args`, within `deadline`, killing it past `max_kib` of
+/// memory; returns its output and peak memory (KiB).
 fn run_bounded(
     how: Misbehaviour,
     args: &[&str],
@@ -234,7 +235,11 @@ fn run_bounded(
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path().join("w");
     fs::create_dir_all(&work).unwrap();
-    fs::write(work.join("input.txt"), "f.txt\n").unwrap();
+    let name = match how {
+        Misbehaviour::EndlessPieces => "big.bin",
+        _ => "f.txt",
+    };
+    fs::write(work.join("input.txt"), format!("{name}\n")).unwrap();
     let (out, peak) = run_measuring_memory(
         client(&fake_server(how), &work)
             .args(["--once", "--plaintext"])
@@ -248,23 +253,25 @@ fn run_bounded(
 /// Client memory never allowed in these cases.
 const MAX_KIB: u64 = 64 << 10;
 
-/// Break 1: with `--connections 1` the only pooled connection is the one
-/// whose head start asked for f.txt's digests; the download of the
-/// one-piece f.txt does not take that answer over, so it is drained
-/// before the connection is used. An endless `PIECES` answer there must
-/// cost neither memory nor the download.
+/// Break 1: a `PIECES` answer whose count cannot fit the file, followed
+/// by digest lines without end, is refused at its header: the file fails
+/// (its pieces can never be judged), nothing lands, and memory stays
+/// bounded, with one connection or four.
 #[test]
-fn an_endless_pieces_answer_to_a_head_start_costs_no_memory() {
-    let (tmp, out, peak) = run_bounded(
-        Misbehaviour::EndlessPieces,
-        &["--connections", "1"],
-        Duration::from_secs(60),
-        MAX_KIB,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert_eq!(fs::read(tmp.path().join("w/data/f.txt")).unwrap(), CONTENT);
-    assert!(peak < MAX_KIB, "peak {peak} KiB");
+fn an_endless_pieces_answer_costs_no_memory() {
+    for connections in ["1", "4"] {
+        let (tmp, out, peak) = run_bounded(
+            Misbehaviour::EndlessPieces,
+            &["--connections", connections, "--retries", "1"],
+            Duration::from_secs(60),
+            MAX_KIB,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("failed: big.bin"), "{stderr}");
+        assert_nothing_landed(tmp.path());
+        assert!(peak < MAX_KIB, "peak {peak} KiB");
+    }
 }
 
 /// Break 1, the other way: a listed size near 2^64 with a `PIECES` count

@@ -5,11 +5,11 @@
 
 mod download;
 mod endgame;
-mod head_start;
 mod helpers;
 mod hostile_server;
 mod mirrors;
 mod plan;
 mod resume;
+mod stop;
 mod tls;
 mod watch;

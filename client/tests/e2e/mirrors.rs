@@ -1,4 +1,4 @@
-//! Several servers at once (seed 003): the majority vote, a server lost
+//! Several servers at once: the majority vote, a server lost
 //! mid-file, no majority, and a name only one server holds.
 
 use std::fs;

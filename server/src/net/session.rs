@@ -128,37 +128,8 @@ pub async fn serve(
             }
             Waited::Line(line) => line,
         };
-        let (verdict, next) = match line {
-            Ok(line) => {
-                session.requests += 1;
-                match Request::parse(&line) {
-                    Ok(request) => session.handle(request).await,
-                    Err(e) => {
-                        debug!("{peer}: bad request: {e}");
-                        session.refuse(&Reply::wrong_input(e.to_string())).await
-                    }
-                }
-            }
-            Err(LineError::BadText(e)) => session.refuse(&Reply::wrong_input(e.to_string())).await,
-            Err(LineError::Closed) => break,
-            Err(e @ (LineError::ClosedMidLine | LineError::Io(_))) => {
-                debug!("{peer}: {e}");
-                break;
-            }
-            Err(e @ LineError::TooLong) => {
-                warn!("{peer}: {e}, closing");
-                session
-                    .last_word(&Reply::error(ErrorCode::TooLong, e.to_string()))
-                    .await;
-                break;
-            }
-            Err(e @ (LineError::Idle(_) | LineError::Slow(_))) => {
-                info!("{peer}: {e}; closing");
-                session
-                    .last_word(&Reply::error(ErrorCode::Timeout, e.to_string()))
-                    .await;
-                break;
-            }
+        let Some((verdict, next)) = session.on_line(line).await else {
+            break;
         };
         bad = match verdict {
             Verdict::Served => 0,
@@ -220,10 +191,46 @@ const EVICTED: &str =
     "closed to make room: the server is full and this connection was idle longest";
 
 impl Session<'_> {
+    /// Answers what came in place of a request line: the request, or the
+    /// error the line had. `None`: the connection is over.
+    async fn on_line(&mut self, line: Result<String, LineError>) -> Option<(Verdict, Next)> {
+        let peer = self.conn.peer;
+        let answered = match line {
+            Ok(line) => {
+                self.requests += 1;
+                match Request::parse(&line) {
+                    Ok(request) => self.handle(request).await,
+                    Err(e) => {
+                        debug!("{peer}: bad request: {e}");
+                        self.refuse(&Reply::wrong_input(e.to_string())).await
+                    }
+                }
+            }
+            Err(LineError::BadText(e)) => self.refuse(&Reply::wrong_input(e.to_string())).await,
+            Err(LineError::Closed) => return None,
+            Err(e @ (LineError::ClosedMidLine | LineError::Io(_))) => {
+                debug!("{peer}: {e}");
+                return None;
+            }
+            Err(e @ LineError::TooLong) => {
+                warn!("{peer}: {e}, closing");
+                self.last_word(&Reply::error(ErrorCode::TooLong, e.to_string()))
+                    .await;
+                return None;
+            }
+            Err(e @ (LineError::Idle(_) | LineError::Slow(_))) => {
+                info!("{peer}: {e}; closing");
+                self.last_word(&Reply::error(ErrorCode::Timeout, e.to_string()))
+                    .await;
+                return None;
+            }
+        };
+        Some(answered)
+    }
+
     /// Sends one reply line.
     async fn reply(&mut self, reply: &Reply) -> Result<(), SendError> {
-        let mut line = reply.to_string();
-        line.push('\n');
+        let line = fastdl_protocol::line::framed(reply);
         transfer::write_all(
             &mut self.conn.io,
             line.as_bytes(),
@@ -397,7 +404,7 @@ impl Session<'_> {
             piece_size: fastdl_protocol::PIECE_SIZE,
             count: piece_count(info.size),
         };
-        let mut text = format!("{header}\n");
+        let mut text = fastdl_protocol::line::framed(&header);
         let floor = self.ctx.config.send_floor;
         // In slices: a huge file's digests are never one buffer.
         for digests in info.tree.pieces.chunks(DIGESTS_PER_WRITE) {
@@ -407,7 +414,7 @@ impl Session<'_> {
             }
             text.clear();
         }
-        text.push_str("END\n");
+        text.push_str(&fastdl_protocol::line::framed(&Reply::End));
         let sent = transfer::write_all(&mut self.conn.io, text.as_bytes(), floor).await;
         self.after_send(sent, Verdict::Served)
     }

@@ -122,7 +122,7 @@ pub async fn first_byte(stream: &TcpStream, idle: Duration) -> Result<u8, SetupE
 /// One plain-text line (to a client of the wrong kind, or a plaintext one
 /// closed before its first request), then close.
 pub async fn say(stream: &TcpStream, reply: &Reply) {
-    let line = format!("{reply}\n");
+    let line = fastdl_protocol::line::framed(reply);
     let deadline = Instant::now() + Duration::from_millis(500);
     let _ = tokio::time::timeout_at(deadline.into(), async {
         let mut rest = line.as_bytes();

@@ -20,20 +20,7 @@
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-/// The slowest progress tolerated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpeedFloor {
-    /// Bytes per second below which a window fails.
-    pub min_rate: u64,
-    /// Wall time one judgement covers.
-    pub window: Duration,
-}
-
-impl SpeedFloor {
-    fn min_bytes(&self) -> u64 {
-        (self.min_rate as f64 * self.window.as_secs_f64()).ceil() as u64
-    }
-}
+pub use fastdl_support::SpeedFloor;
 
 /// A peer took less than the floor over a whole window.
 #[derive(Debug, Clone, Copy, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! N-stream plans (seed 000), done safely.
+//! N-stream plans, done safely.
 //!
 //! For `PLAN <name>` the server picks N from the file size, binds N
 //! listening ports (free ports from the OS) *before* it answers, and only

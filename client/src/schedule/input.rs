@@ -10,12 +10,13 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::Sender;
-use fastdl_support::shutdown::Shutdown;
+use crossbeam_channel::{select, Sender};
 use log::{debug, warn};
 use notify::{RecursiveMode, Watcher};
+
+use crate::shutdown::Shutdown;
 
 /// Most bytes of input.txt that are read (a larger file is read this far).
 pub const MAX_INPUT_BYTES: u64 = 64 << 20;
@@ -131,32 +132,22 @@ impl InputWatcher {
 
         let mut last: Option<Vec<u8>> = None;
         let mut missing_reported = false;
-        let mut next_poll = Instant::now();
-        let tick = Duration::from_millis(100);
-        while !self.shutdown.is_requested() {
-            let now = Instant::now();
-            let woke = if now >= next_poll {
-                true
-            } else {
-                wake_rx
-                    .recv_timeout(next_poll.duration_since(now).min(tick))
-                    .is_ok()
-            };
-            if !woke {
-                continue;
+        loop {
+            // Read now (at start, on an event, or at the poll), then wait
+            // for the next event, the next poll, or shutdown.
+            if self.shutdown.is_requested() {
+                return;
             }
-            next_poll = Instant::now() + self.poll;
             match read_input(&self.path) {
                 Ok(Some(content)) => {
                     missing_reported = false;
-                    if last.as_deref() == Some(&content[..]) {
-                        continue;
-                    }
-                    debug!("{}: read {} bytes", self.path.display(), content.len());
-                    let names = parse_names(&content);
-                    last = Some(content);
-                    if self.names.send(names).is_err() {
-                        return;
+                    if last.as_deref() != Some(&content[..]) {
+                        debug!("{}: read {} bytes", self.path.display(), content.len());
+                        let names = parse_names(&content);
+                        last = Some(content);
+                        if self.names.send(names).is_err() {
+                            return;
+                        }
                     }
                 }
                 Ok(None) => {
@@ -170,6 +161,11 @@ impl InputWatcher {
                     last = None;
                 }
                 Err(e) => warn!("cannot read {}: {e}", self.path.display()),
+            }
+            select! {
+                recv(wake_rx) -> _ => {},
+                recv(self.shutdown.signal()) -> _ => return,
+                default(self.poll) => {},
             }
         }
     }

@@ -67,6 +67,12 @@ impl OutDir {
         &self.path
     }
 
+    /// Where `name` (a valid protocol name) is or would be, for messages.
+    pub fn display(&self, name: &str) -> PathBuf {
+        name.split('/')
+            .fold(self.path.clone(), |p, part| p.join(part))
+    }
+
     /// Bytes the user may still write on the output folder's file system.
     pub fn available(&self) -> io::Result<u64> {
         let stat = rustix::fs::fstatvfs(&self.root).map_err(errno)?;
@@ -129,6 +135,14 @@ pub enum Found {
 }
 
 impl Folder {
+    /// A second handle on the same folder.
+    pub fn try_clone(&self) -> io::Result<Folder> {
+        Ok(Folder {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
     /// The path of `leaf` in this folder, for messages.
     pub fn path_of(&self, leaf: &str) -> PathBuf {
         self.path.join(leaf)

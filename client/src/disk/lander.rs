@@ -18,8 +18,8 @@ use crossbeam_channel::{Receiver, Sender};
 use fastdl_support::human_bytes;
 use log::info;
 
-use crate::download::{Job, Outcome, Verified};
-use crate::store::{self, Landed, Spot};
+use super::store::{self, Landed};
+use crate::download::outcome::{FileError, Job, Outcome, Report, ToLand, Verified};
 
 /// Most files landed in one batch.
 pub const MAX_BATCH: usize = 256;
@@ -28,7 +28,7 @@ const GATHER: Duration = Duration::from_millis(2);
 
 /// Lands what arrives on `verified`, reporting each outcome on `results`,
 /// until the channel closes.
-pub fn run(verified: Receiver<(Job, Box<Verified>)>, results: Sender<(Job, Outcome)>) {
+pub fn run(verified: Receiver<ToLand>, results: Sender<Report>) {
     while let Ok(first) = verified.recv() {
         let mut batch = vec![first];
         let until = Instant::now() + GATHER;
@@ -58,12 +58,12 @@ fn land_batch(batch: Vec<(Job, Box<Verified>)>) -> Vec<(Job, Outcome)> {
         return batch
             .into_iter()
             .map(|(job, v)| {
-                let why = format!(
-                    "{}: cannot flush {}: {e}",
-                    job.entry.name,
-                    v.spot.part_path().display()
-                );
-                (job, Outcome::Failed(why))
+                let failed = FileError::Disk {
+                    what: "cannot flush",
+                    path: v.spot.part_path(),
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                };
+                (job, Outcome::Failed(failed))
             })
             .collect();
     }
@@ -85,55 +85,67 @@ fn land_batch(batch: Vec<(Job, Box<Verified>)>) -> Vec<(Job, Outcome)> {
         };
         if flushed.insert(id) {
             if let Err(e) = v.spot.folder.sync() {
-                folder_errors.push((id, e.to_string()));
+                folder_errors.push((id, e));
             }
         }
     }
     placed
         .into_iter()
         .map(|(job, v, result)| {
-            let Verified {
-                spot,
-                rate,
-                fetched,
-                ..
-            } = *v;
-            let _ = spot.folder.remove(&spot.journal());
-            let entry = &job.entry;
-            let dir_error = spot.folder.id().ok().and_then(|id| {
+            let dir_error = v.spot.folder.id().ok().and_then(|id| {
                 folder_errors
                     .iter()
                     .find(|(failed, _)| *failed == id)
-                    .map(|(_, e)| folder_error(&spot, e))
+                    .map(|(_, e)| std::io::Error::new(e.kind(), e.to_string()))
             });
-            let outcome = match (result, &dir_error) {
-                (Ok(Landed::New(path)), None) => {
-                    info!(
-                        "{}: done, {} verified, {} fetched this run ({}/s) -> {}",
-                        entry.name,
-                        human_bytes(entry.size),
-                        human_bytes(fetched),
-                        human_bytes(rate as u64),
-                        path.display()
-                    );
-                    Outcome::Landed
-                }
-                (Ok(Landed::New(_)), Some(e)) => Outcome::Failed(format!("{}: {e}", entry.name)),
-                (Ok(Landed::AlreadyThere(path)), _) => Outcome::AlreadyHad(path),
-                (Err(e), _) => {
-                    Outcome::Failed(format!("{}: cannot move into place: {e}", entry.name))
-                }
-            };
+            let outcome = outcome_of(&job, *v, result, dir_error);
             (job, outcome)
         })
         .collect()
 }
 
-fn folder_error(spot: &Spot, e: &str) -> String {
-    format!(
-        "in place as {}, but its folder could not be flushed: {e}",
-        spot.path().display()
-    )
+/// What became of one file of a batch: `result` of its rename, and the
+/// error flushing its folder, if that failed.
+fn outcome_of(
+    job: &Job,
+    verified: Verified,
+    result: std::io::Result<Landed>,
+    dir_error: Option<std::io::Error>,
+) -> Outcome {
+    let Verified {
+        spot,
+        rate,
+        fetched,
+        ..
+    } = verified;
+    let _ = spot.folder.remove(&spot.journal());
+    let entry = &job.entry;
+    match (result, dir_error) {
+        (Ok(Landed::New(path)), None) => {
+            info!(
+                "{}: done, {} verified, {} fetched this run ({}/s) -> {}",
+                entry.name,
+                human_bytes(entry.size),
+                human_bytes(fetched),
+                human_bytes(rate as u64),
+                path.display()
+            );
+            Outcome::Landed
+        }
+        // In place, but not durably: its own folder could not be flushed
+        // (other folders' files are not concerned).
+        (Ok(Landed::New(path)), Some(e)) => Outcome::Failed(FileError::Disk {
+            what: "in place, but cannot flush the folder of",
+            path,
+            source: e,
+        }),
+        (Ok(Landed::AlreadyThere(path)), _) => Outcome::AlreadyHad(path),
+        (Err(e), _) => Outcome::Failed(FileError::Disk {
+            what: "cannot move into place",
+            path: spot.path(),
+            source: e,
+        }),
+    }
 }
 
 /// Makes every part file of the batch durable.

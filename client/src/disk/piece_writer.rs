@@ -29,19 +29,19 @@ pub const DIRECT_MIN_SIZE: u64 = 16 * PIECE_SIZE;
 const ALIGN: usize = 4096;
 
 /// Writes pieces at their offsets in one part file.
-pub struct PieceWriter<'a> {
-    part: &'a File,
+pub struct PieceWriter {
+    part: File,
     direct: Option<File>,
     /// Cleared when the file system refuses a direct write.
     direct_ok: AtomicBool,
 }
 
-impl<'a> PieceWriter<'a> {
+impl PieceWriter {
     /// A writer for `part`, which holds a file of `size` bytes. Direct I/O
     /// is used when the file is large and the file system accepts it.
-    pub fn new(part: &'a File, size: u64) -> PieceWriter<'a> {
+    pub fn new(part: File, size: u64) -> PieceWriter {
         let direct = if size >= DIRECT_MIN_SIZE {
-            reopen_direct(part)
+            reopen_direct(&part)
                 .map_err(|e| debug!("no direct I/O for this part file: {e}"))
                 .ok()
         } else {
@@ -56,7 +56,7 @@ impl<'a> PieceWriter<'a> {
 
     /// A writer that always writes through the page cache.
     #[cfg(test)]
-    pub fn buffered(part: &'a File) -> PieceWriter<'a> {
+    pub fn buffered(part: File) -> PieceWriter {
         PieceWriter {
             part,
             direct: None,
@@ -192,7 +192,7 @@ mod tests {
             .open(&path)
             .unwrap();
         file.set_len(size).unwrap();
-        let writer = PieceWriter::new(&file, size);
+        let writer = PieceWriter::new(file.try_clone().unwrap(), size);
         let mut buf = PieceBuf::default();
         // A whole piece (direct where the file system allows it), a short
         // last piece (always buffered), and an unaligned write.
@@ -221,7 +221,7 @@ mod tests {
     #[test]
     fn small_files_are_written_buffered() {
         let file = tempfile::tempfile().unwrap();
-        assert!(!PieceWriter::new(&file, DIRECT_MIN_SIZE - 1).is_direct());
-        assert!(!PieceWriter::buffered(&file).is_direct());
+        assert!(!PieceWriter::new(file.try_clone().unwrap(), DIRECT_MIN_SIZE - 1).is_direct());
+        assert!(!PieceWriter::buffered(file).is_direct());
     }
 }

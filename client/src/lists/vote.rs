@@ -1,4 +1,4 @@
-//! Several servers (mirrors, seed 003): merging their lists and the
+//! Several servers (mirrors): merging their lists and the
 //! majority vote on what a file is.
 //!
 //! For each name, only the servers that list it have a say. The

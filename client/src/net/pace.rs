@@ -21,31 +21,7 @@
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
-/// The slowest progress tolerated: `min_rate` bytes per second, judged
-/// over `window` of time spent waiting for the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpeedFloor {
-    /// Bytes per second below which a window fails (`--speed-limit`).
-    pub min_rate: u64,
-    /// Waiting time one judgement covers (`--speed-time`).
-    pub window: Duration,
-}
-
-impl SpeedFloor {
-    /// Bytes a whole window must bring.
-    fn min_bytes(&self) -> u64 {
-        (self.min_rate as f64 * self.window.as_secs_f64()).ceil() as u64
-    }
-}
-
-impl Default for SpeedFloor {
-    fn default() -> Self {
-        SpeedFloor {
-            min_rate: 1024,
-            window: Duration::from_secs(30),
-        }
-    }
-}
+pub use fastdl_support::SpeedFloor;
 
 /// One window's bookkeeping, and the verdict on it: a pure decision with
 /// the time passed in, so that it is testable without a socket.

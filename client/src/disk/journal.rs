@@ -24,7 +24,7 @@ use std::io;
 
 use fastdl_protocol::{Digest, Entry, PIECE_SIZE};
 
-use crate::store::Spot;
+use super::store::Spot;
 
 const MAGIC: &str = "fastdl-journal 1";
 
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn stores_and_loads_atomically() {
         let dir = tempfile::tempdir().unwrap();
-        let out = crate::outdir::OutDir::open(dir.path()).unwrap();
+        let out = crate::disk::outdir::OutDir::open(dir.path()).unwrap();
         let spot = Spot::make(&out, "a").unwrap();
         assert_eq!(Journal::load(&spot).unwrap(), None);
         let j = journal(vec![true, false]);

@@ -15,7 +15,7 @@ use fastdl_protocol::{Digest, Entry};
 use log::info;
 use rustix::io::Errno;
 
-use crate::outdir::{Folder, Found, OutDir};
+use super::outdir::{Folder, Found, OutDir};
 
 /// Where one name lands: its folder, open (reached without following a
 /// link), and the file's name in it. The part file and the journal are
@@ -45,6 +45,15 @@ impl Spot {
     fn in_folder(folder: Folder, name: &str) -> Spot {
         let leaf = name.rsplit('/').next().unwrap_or(name).to_owned();
         Spot { folder, leaf }
+    }
+
+    /// A second handle on the same spot (the folder's descriptor
+    /// duplicated), for the lander.
+    pub fn try_clone(&self) -> io::Result<Spot> {
+        Ok(Spot {
+            folder: self.folder.try_clone()?,
+            leaf: self.leaf.clone(),
+        })
     }
 
     /// The hidden part file's name.

@@ -1,49 +1,49 @@
-//! One control connection to a server: connect, version handshake (sent
-//! with the connect, its answer checked before the first reply), and the
-//! requests the client makes (list, per-piece digests, ranged reads).
-//! Requests may be sent ahead of need (see [`Ahead`]): a download takes
-//! their answers over, or they are read and dropped before the next reply.
+//! One connection to a fastdl server: connect (TLS unless `--plaintext`),
+//! the version exchange and access token (sent with the connect, their
+//! answers checked before the first reply), and the requests the client
+//! makes: the list, per-piece digests, ranged reads. Requests may be
+//! pipelined: their answers are read in the order they were sent.
 //!
 //! Everything read from the server is bounded: reply lines by
 //! `MAX_REPLY_LINE`, data by the length the client itself asked for, a
-//! digest list by the listed size of its file (an answer to a request sent
-//! ahead that nobody took over is never drained if it is a digest list:
-//! the connection is closed instead), and time by the progress deadline
-//! of [`crate::pace`].
+//! digest list by the count the listed size gives (checked before a line
+//! of it is read), and time by the progress deadline of [`super::pace`].
 
-use std::collections::VecDeque;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use fastdl_protocol::digest::piece_count;
 use fastdl_protocol::line::expect_line;
 use fastdl_protocol::listing::read_pieces;
 use fastdl_protocol::{
-    Digest, ErrorCode, Listing, ProtocolError, Reply, Request, MAX_REPLY_LINE, VERSION,
+    Digest, ErrorCode, Listing, ProtocolError, Reply, Request, MAX_REPLY_LINE, PIECE_SIZE, VERSION,
 };
 
-use crate::pace::Paced;
-use crate::transport::{self, Endpoint, SetupError, Stream};
+use super::pace::Paced;
+use super::transport::{self, Endpoint, SetupError, Stream};
+use crate::shutdown::Registration;
+
 /// How long to wait for the server's reason after it closed the
 /// connection under a request being sent (a refusal such as `ERROR BUSY`
 /// precedes the close).
 const REFUSAL_WAIT: Duration = Duration::from_secs(2);
 
-/// Why a request to a server failed.
+/// Why a request to a server failed: who said what.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     /// No connection could be set up (refused, unreachable, not TLS,
     /// another identity).
     #[error("{0}")]
     Setup(#[from] SetupError),
-    /// The connection broke or the server spoke nonsense: reconnect and retry.
+    /// The connection broke, timed out, or the server spoke nonsense.
     #[error("{0}")]
     Connection(#[from] ProtocolError),
-    /// The server does not list (or serve) the name.
-    #[error("server refused: {0}")]
+    /// The server said `WRONG_INPUT`: it does not list (or serve) the name.
+    #[error("the server refused: {0}")]
     WrongInput(String),
-    /// The server answered with an error line.
-    #[error("server error {}: {message}", code.as_str())]
+    /// The server answered with an `ERROR` line.
+    #[error("the server said {}: {message}", code.as_str())]
     Server { code: ErrorCode, message: String },
 }
 
@@ -63,9 +63,37 @@ impl RequestError {
     }
 
     /// The server is there but delivers below the progress deadline
-    /// (trickling or stalled): worth no new connection in this attempt.
+    /// (trickling or stalled).
     pub fn is_too_slow(&self) -> bool {
-        matches!(self, RequestError::Connection(ProtocolError::Io(e)) if crate::pace::is_too_slow(e))
+        match self {
+            RequestError::Connection(ProtocolError::Io(e)) => super::pace::is_too_slow(e),
+            _ => false,
+        }
+    }
+
+    /// The server says the file is not what was listed any more (changed,
+    /// gone): fetch the list again before another attempt.
+    pub fn is_changed(&self) -> bool {
+        matches!(
+            self,
+            RequestError::WrongInput(_)
+                | RequestError::Server {
+                    code: ErrorCode::Changed,
+                    ..
+                }
+        )
+    }
+
+    /// The connection may be fine but the server is busy or closed it to
+    /// make room: try again on a new connection, later.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            RequestError::Server {
+                code: ErrorCode::Busy | ErrorCode::Timeout,
+                ..
+            }
+        )
     }
 }
 
@@ -75,47 +103,9 @@ impl From<std::io::Error> for RequestError {
     }
 }
 
-/// A request sent before anything needed it: `--once` asks for the first
-/// file's digests and first pieces while the list is still on its way.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ahead {
-    Pieces {
-        name: String,
-    },
-    Get {
-        name: String,
-        offset: u64,
-        length: u64,
-    },
-}
-
-impl Ahead {
-    fn request(&self) -> Request {
-        match self {
-            Ahead::Pieces { name } => Request::Pieces { name: name.clone() },
-            Ahead::Get {
-                name,
-                offset,
-                length,
-            } => Request::Get {
-                offset: *offset,
-                length: *length,
-                name: name.clone(),
-            },
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        match self {
-            Ahead::Pieces { name } | Ahead::Get { name, .. } => name,
-        }
-    }
-}
-
-/// A connected control connection. The version handshake is pipelined:
-/// `FASTDL` goes out with the connect, and its answer is checked before
-/// the first reply is read, so a new connection costs one round trip
-/// (the TCP handshake) before its first request is on the wire.
+/// A connection to a server. The version exchange is pipelined: `FASTDL`
+/// (and `AUTH`) go out right after the TLS handshake, and their answers
+/// are checked before the first reply is read.
 pub struct Connection {
     /// Everything read and written goes through here (plain TCP, or TLS).
     reader: BufReader<Paced<Stream>>,
@@ -129,8 +119,18 @@ pub struct Connection {
     /// Whether `AUTH` went out with the version exchange.
     authenticating: bool,
     rtt: Duration,
-    /// Requests sent ahead whose answers nobody has read or taken over.
-    ahead: VecDeque<Ahead>,
+    /// Cut by Ctrl-C from the moment it was opened.
+    _registered: Registration,
+}
+
+/// Reads one reply line from a server; its error replies become errors.
+pub fn read_reply(reader: &mut impl BufRead) -> Result<Reply, RequestError> {
+    let line = expect_line(reader, MAX_REPLY_LINE)?;
+    match Reply::parse(&line)? {
+        Reply::WrongInput { reason } => Err(RequestError::WrongInput(reason)),
+        Reply::Error { code, message } => Err(RequestError::Server { code, message }),
+        reply => Ok(reply),
+    }
 }
 
 /// Resolves `server` (HOST:PORT) to its first address.
@@ -158,7 +158,7 @@ impl Connection {
             greeted: false,
             authenticating: endpoint.token.is_some(),
             rtt: connected.rtt,
-            ahead: VecDeque::new(),
+            _registered: connected.registered,
         };
         conn.send(&Request::Hello { version: VERSION })?;
         if let Some(token) = &endpoint.token {
@@ -174,9 +174,9 @@ impl Connection {
         self.rtt
     }
 
-    /// Waits for the answer to the handshake now (a connection opened
-    /// ahead of need, before it joins the pool: a server that refused it,
-    /// busy or on another version, is found out here and not by its user).
+    /// Waits for the answers to the version exchange (and `AUTH`) now: a
+    /// server that refused the connection (busy, another version, a bad
+    /// token) is found out here.
     pub fn greet(&mut self) -> Result<(), RequestError> {
         if !self.greeted {
             match self.read_reply()? {
@@ -198,8 +198,9 @@ impl Connection {
         self.peer
     }
 
-    /// The socket, for registering with the shutdown registry.
-    pub fn stream(&self) -> &TcpStream {
+    /// The socket, for the shutdown registry and for cutting the
+    /// connection from another thread.
+    pub fn socket(&self) -> &TcpStream {
         &self.socket
     }
 
@@ -207,8 +208,7 @@ impl Connection {
     /// it, the reason it gave first (`ERROR BUSY ...`, say) is the error,
     /// not the broken pipe.
     pub fn send(&mut self, request: &Request) -> Result<(), RequestError> {
-        let mut line = request.to_string();
-        line.push('\n');
+        let line = fastdl_protocol::line::framed(request);
         let stream = self.reader.get_mut().get_mut();
         if let Err(e) = stream
             .write_all(line.as_bytes())
@@ -235,90 +235,23 @@ impl Connection {
         }
     }
 
-    /// Sends a request ahead of need; its answer waits for
-    /// [`Self::take_ahead`] or is dropped by [`Self::settle`].
-    pub fn send_ahead(&mut self, ahead: Ahead) -> Result<(), RequestError> {
-        self.send(&ahead.request())?;
-        self.ahead.push_back(ahead);
-        Ok(())
-    }
-
-    /// The requests sent ahead whose answers are still unread.
-    pub fn ahead(&self) -> &VecDeque<Ahead> {
-        &self.ahead
-    }
-
-    /// Takes over the requests sent ahead: the caller reads their answers,
-    /// in order, before any other.
-    pub fn take_ahead(&mut self) -> VecDeque<Ahead> {
-        std::mem::take(&mut self.ahead)
-    }
-
-    /// Reads and drops the answers to requests sent ahead that nobody took
-    /// over (a refusal is an answer too: the name may not be listed, or
-    /// the file may be shorter than the range asked for). Data answers are
-    /// bounded by the length asked for; a digest list is bounded only by
-    /// a file size nobody checked here, so a connection owing one is not
-    /// drained: the error makes its owner close it.
-    pub fn settle(&mut self) -> Result<(), RequestError> {
-        while let Some(ahead) = self.ahead.pop_front() {
-            self.greet()?;
-            let answer = match self.read_reply() {
-                Err(RequestError::WrongInput(_) | RequestError::Server { .. }) => continue,
-                answer => answer?,
-            };
-            match (ahead, answer) {
-                (Ahead::Get { length, .. }, Reply::Data { length: got }) if got == length => {
-                    self.skip_data(length)?;
-                }
-                (Ahead::Pieces { .. }, Reply::Pieces { .. }) => {
-                    return Err(RequestError::Connection(ProtocolError::Unexpected(
-                        "an unused digest list is not drained; closing the connection".into(),
-                    )))
-                }
-                (_, other) => return Err(unexpected(other)),
-            }
-        }
-        Ok(())
-    }
-
     /// Reads one reply line; error replies become errors.
     pub fn reply(&mut self) -> Result<Reply, RequestError> {
-        self.settle()?;
         self.greet()?;
         self.read_reply()
     }
 
     fn read_reply(&mut self) -> Result<Reply, RequestError> {
-        let line = expect_line(&mut self.reader, MAX_REPLY_LINE)?;
-        match Reply::parse(&line)? {
-            Reply::WrongInput { reason } => Err(RequestError::WrongInput(reason)),
-            Reply::Error { code, message } => Err(RequestError::Server { code, message }),
-            reply => Ok(reply),
-        }
+        read_reply(&mut self.reader)
     }
 
-    /// Fetches the published list, sending `ahead` right after the request
-    /// (their answers follow the list's).
-    pub fn list(&mut self, ahead: Vec<Ahead>) -> Result<Listing, RequestError> {
-        self.settle()?;
+    /// Fetches the published list.
+    pub fn list(&mut self) -> Result<Listing, RequestError> {
         self.send(&Request::List)?;
-        for request in &ahead {
-            self.send(&request.request())?;
+        match self.reply()? {
+            Reply::List { count } => Ok(Listing::read_body(&mut self.reader, count)?),
+            other => Err(unexpected(other)),
         }
-        self.greet()?;
-        let listing = match self.read_reply()? {
-            Reply::List { count } => Listing::read_body(&mut self.reader, count)?,
-            other => return Err(unexpected(other)),
-        };
-        self.ahead.extend(ahead);
-        Ok(listing)
-    }
-
-    /// Fetches the per-piece digests of `name`, which must have `size` bytes.
-    pub fn pieces(&mut self, name: &str, size: u64) -> Result<Vec<Digest>, RequestError> {
-        self.ask_pieces(name)?;
-        self.pieces_reply(name, size)
     }
 
     /// Sends `PIECES name`; the answer is read by [`Self::pieces_reply`]
@@ -329,17 +262,16 @@ impl Connection {
         })
     }
 
-    /// Reads the answer to `PIECES name` for a file of `size` bytes.
+    /// Reads the answer to `PIECES name` for a file listed with `size`
+    /// bytes. The count must be the one `size` gives, checked before a
+    /// digest line is read.
     pub fn pieces_reply(&mut self, name: &str, size: u64) -> Result<Vec<Digest>, RequestError> {
         match self.reply()? {
             Reply::Pieces {
                 size: s,
                 piece_size,
                 count,
-            } if s == size
-                && piece_size == fastdl_protocol::PIECE_SIZE
-                && count == fastdl_protocol::digest::piece_count(size) =>
-            {
+            } if s == size && piece_size == PIECE_SIZE && count == piece_count(size) => {
                 Ok(read_pieces(&mut self.reader, count)?)
             }
             Reply::Pieces { size: s, .. } if s != size => Err(RequestError::Server {
@@ -348,6 +280,15 @@ impl Connection {
             }),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Sends `GET offset length name`.
+    pub fn ask_range(&mut self, name: &str, offset: u64, length: u64) -> Result<(), RequestError> {
+        self.send(&Request::Get {
+            offset,
+            length,
+            name: name.to_owned(),
+        })
     }
 
     /// Waits for the `DATA <length>` header of a ranged read and checks the
@@ -363,7 +304,7 @@ impl Connection {
     }
 
     /// The reader positioned at the data bytes.
-    pub fn data(&mut self) -> &mut impl Read {
+    pub fn data(&mut self) -> &mut dyn Read {
         &mut self.reader
     }
 

@@ -20,7 +20,8 @@ use fastdl_tls::pin::{identity_changed, IdentityChanged, PinnedServer};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use crate::pace::SpeedFloor;
+use super::pace::SpeedFloor;
+use crate::shutdown::{Registration, Shutdown};
 
 /// How long to wait for a TCP connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +63,10 @@ pub struct Endpoint {
     pub token: Option<String>,
     /// The progress deadline of every read.
     pub floor: SpeedFloor,
+    /// Every connection is registered here from its TCP connect on, so
+    /// that Ctrl-C cuts it whatever it is waiting for (a handshake, a
+    /// list, a piece).
+    pub shutdown: Arc<Shutdown>,
 }
 
 /// Why a connection could not be set up.
@@ -137,11 +142,13 @@ impl Write for Stream {
 }
 
 /// An open stream, a second handle on its socket (to cut it from another
-/// thread, or set its timeouts), and the round trip seen connecting.
+/// thread, or set its timeouts), the round trip seen connecting, and its
+/// place in the shutdown's registry (for as long as it is open).
 pub struct Connected {
     pub stream: Stream,
     pub socket: TcpStream,
     pub rtt: Duration,
+    pub registered: Registration,
 }
 
 /// Connects to `endpoint`, with the TLS handshake done (and the identity
@@ -161,6 +168,7 @@ pub fn connect_to(addr: SocketAddr, endpoint: &Endpoint) -> Result<Connected, Se
     socket.set_read_timeout(Some(endpoint.floor.window))?;
     socket.set_write_timeout(Some(endpoint.floor.window))?;
     let handle = socket.try_clone()?;
+    let registered = endpoint.shutdown.register(&socket);
     let stream = match &endpoint.security {
         Security::Plain => Stream::Plain(socket),
         Security::Tls { config, name } => Stream::Tls(Box::new(handshake(
@@ -173,6 +181,7 @@ pub fn connect_to(addr: SocketAddr, endpoint: &Endpoint) -> Result<Connected, Se
         stream,
         socket: handle,
         rtt,
+        registered,
     })
 }
 

@@ -1,0 +1,357 @@
+//! One run of the client, wired from its options: logging and progress,
+//! Ctrl-C, the output folder, the servers, the engine and its lander, the
+//! first lists, the input (read once, or watched), the scheduler, and the
+//! exit status. Each piece is built in its own module; this one only
+//! connects them, and turns errors into messages and exit codes.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use crossbeam_channel::Receiver;
+use fastdl_support::human_bytes;
+use fastdl_tls::known::KnownServers;
+use log::{error, info, warn};
+
+use crate::cli::Args;
+use crate::disk::outdir::OutDir;
+use crate::download::outcome::Report;
+use crate::download::ratelimit::RateLimit;
+use crate::download::source::Source;
+use crate::download::{Engine, Settings};
+use crate::lists::{fetch_all, vote, Lists};
+use crate::net::connection;
+use crate::net::transport::{Endpoint, Security};
+use crate::progress::Progress;
+use crate::retry::Backoff;
+use crate::schedule::input::{self, InputWatcher};
+use crate::schedule::names::Policy;
+use crate::schedule::scheduler::{Scheduler, Summary};
+use crate::shutdown::Shutdown;
+use crate::sources::fastdl::Server;
+
+/// Exit status when Ctrl-C interrupted a `--once` run (128 + SIGINT, as
+/// shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// The longest wait between two attempts at a file (or at the first list).
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+
+/// Runs the client; errors are shown on stderr and in the log.
+pub fn main(args: Args) -> ExitCode {
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("fastdl-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the client: 0 when every name of a `--once` run landed (and after
+/// Ctrl-C in watch mode), 1 on failures, 130 when a `--once` run was
+/// interrupted.
+pub fn run(args: Args) -> Result<ExitCode> {
+    // A file-size limit (RLIMIT_FSIZE) must show up as a write error naming
+    // the file, not kill the process.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let bars = !args.quiet && std::io::stderr().is_terminal();
+    let progress = Arc::new(Progress::new(bars));
+    start_logging(&args, &progress)?;
+    let shutdown = Arc::new(Shutdown::default());
+    {
+        let shutdown = Arc::clone(&shutdown);
+        ctrlc::set_handler(move || shutdown.trigger())
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    let out = OutDir::open(&args.out)
+        .with_context(|| format!("cannot create the output folder {}", args.out.display()))?;
+    let servers: Vec<Arc<Server>> = endpoints(&args, &shutdown)?
+        .into_iter()
+        .map(|endpoint| Arc::new(Server::new(endpoint)))
+        .collect();
+    // `--once` knows its names before the list: read them now.
+    let once_names = if args.once {
+        let content = input::read_input(&args.input)
+            .with_context(|| format!("cannot read {}", args.input.display()))?
+            .with_context(|| format!("{} does not exist", args.input.display()))?;
+        Some(input::parse_names(&content))
+    } else {
+        None
+    };
+    let (engine, outcomes) = start_engine(&args, &servers, out, &progress, &shutdown)?;
+    let backoff = Backoff {
+        first: Duration::from_secs(args.retry_wait),
+        max: MAX_RETRY_WAIT,
+    };
+    let Some(lists) = first_lists(&servers, &args, backoff, &shutdown)? else {
+        return Ok(interrupted(args.once));
+    };
+    print_lists(&lists.by_server);
+    let poll = Duration::from_secs(args.poll);
+    let names = names_from(&args, once_names, poll, &shutdown)?;
+    let policy = Policy {
+        once: args.once,
+        retries: u32::try_from(args.retries).unwrap_or(u32::MAX),
+        backoff,
+        poll,
+    };
+    let scheduler = Scheduler::new(
+        engine,
+        servers,
+        lists,
+        policy,
+        Arc::clone(&shutdown),
+        outcomes,
+        progress,
+    );
+    report(scheduler.run(names), args.once)
+}
+
+/// Logging to the terminal (above the progress bars, if any) and the log
+/// file.
+fn start_logging(args: &Args, progress: &Progress) -> Result<()> {
+    let (logger, max) = fastdl_support::logging::build(args.level(), &args.log)?;
+    match progress.bars() {
+        // Log lines above the bars, not through them.
+        Some(multi) => indicatif_log_bridge::LogWrapper::new(multi.clone(), logger)
+            .try_init()
+            .context("cannot start logging")?,
+        None => log::set_boxed_logger(logger).context("cannot start logging")?,
+    }
+    log::set_max_level(max);
+    Ok(())
+}
+
+/// The engine over `servers`, with its lander; the outcomes of both come
+/// out of the receiver.
+fn start_engine(
+    args: &Args,
+    servers: &[Arc<Server>],
+    out: OutDir,
+    progress: &Arc<Progress>,
+    shutdown: &Arc<Shutdown>,
+) -> Result<(Engine, Receiver<Report>)> {
+    let (outcomes_tx, outcomes_rx) = crossbeam_channel::unbounded();
+    let (verified_tx, verified_rx) = crossbeam_channel::unbounded();
+    let sources: Vec<Arc<dyn Source>> = servers
+        .iter()
+        .map(|s| Arc::clone(s) as Arc<dyn Source>)
+        .collect();
+    let settings = Settings {
+        connections: args.connections as usize,
+        max_files: args.jobs as usize,
+        plan: args.plan,
+        limit: args.limit_rate.map(RateLimit::new),
+        // Downloads will follow at once: connect while the lists come.
+        connect_early: args.once,
+    };
+    let engine = Engine::start(
+        sources,
+        settings,
+        out,
+        Arc::clone(progress),
+        Arc::clone(shutdown),
+        outcomes_tx.clone(),
+        verified_tx,
+    );
+    std::thread::Builder::new()
+        .name("lander".into())
+        .spawn(move || crate::disk::lander::run(verified_rx, outcomes_tx))
+        .context("cannot start the lander thread")?;
+    Ok((engine, outcomes_rx))
+}
+
+/// Where the names come from: the ones read already (`--once`), or the
+/// input watcher (watch mode).
+fn names_from(
+    args: &Args,
+    once_names: Option<Vec<String>>,
+    poll: Duration,
+    shutdown: &Arc<Shutdown>,
+) -> Result<Receiver<Vec<String>>> {
+    let (names_tx, names_rx) = crossbeam_channel::unbounded();
+    if let Some(names) = once_names {
+        let _ = names_tx.send(names);
+        return Ok(names_rx);
+    }
+    info!(
+        "watching {} for names; Ctrl-C to stop",
+        args.input.display()
+    );
+    let watcher = InputWatcher::new(&args.input, poll, names_tx, Arc::clone(shutdown));
+    std::thread::Builder::new()
+        .name("input".into())
+        .spawn(move || watcher.run())
+        .context("cannot start the input watcher")?;
+    Ok(names_rx)
+}
+
+/// The exit status of a finished run, with the failures listed on stderr.
+fn report(summary: Summary, once: bool) -> Result<ExitCode> {
+    if let Some(why) = &summary.fatal {
+        bail!("{why}; stopping");
+    }
+    if summary.cancelled {
+        info!("stopped; unfinished downloads keep their part files and start again next time");
+        return Ok(interrupted(once));
+    }
+    info!(
+        "{} downloaded, {} already present, {} failed",
+        summary.downloaded,
+        summary.already_had,
+        summary.failed.len()
+    );
+    for (name, why) in &summary.failed {
+        eprintln!("failed: {name}: {why}");
+    }
+    Ok(if summary.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// How to reach each `--server`: its address, TLS with its identity
+/// pinned in the known servers (or plain TCP with `--plaintext`), the
+/// access token.
+fn endpoints(args: &Args, shutdown: &Arc<Shutdown>) -> Result<Vec<Endpoint>> {
+    if let Some(token) = &args.token {
+        if !fastdl_protocol::message::is_access_token(token) {
+            bail!("--token (or FASTDL_TOKEN): a token is 1 to 512 visible ASCII characters, without spaces");
+        }
+    }
+    let known = if args.plaintext {
+        None
+    } else {
+        let path = args
+            .known_servers
+            .clone()
+            .or_else(|| fastdl_support::config_path("known_servers"))
+            .context("no place for the known servers: neither XDG_CONFIG_HOME nor HOME is set; pass --known-servers FILE")?;
+        Some(Arc::new(KnownServers::load(&path)?))
+    };
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for server in &args.servers {
+        let addr = connection::resolve(server).with_context(|| {
+            format!("cannot resolve server address {server:?} (want HOST:PORT)")
+        })?;
+        if endpoints.iter().any(|e| e.addr == addr) {
+            bail!("--server {server} is given twice");
+        }
+        let security = match &known {
+            Some(known) => Security::tls(server, known),
+            None => Security::Plain,
+        };
+        endpoints.push(Endpoint {
+            addr,
+            shown: server.clone(),
+            security,
+            token: args.token.clone(),
+            floor: args.speed_floor(),
+            shutdown: Arc::clone(shutdown),
+        });
+    }
+    Ok(endpoints)
+}
+
+fn interrupted(once: bool) -> ExitCode {
+    if once {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Fetches every server's list, retrying with `backoff` until at least
+/// one answers: forever in watch mode, `--retries` times with `--once`.
+/// `None` if interrupted.
+fn first_lists(
+    servers: &[Arc<Server>],
+    args: &Args,
+    backoff: Backoff,
+    shutdown: &Shutdown,
+) -> Result<Option<Lists>> {
+    let mut tries = 0u32;
+    loop {
+        let Some(fetched) = fetch_all(servers, shutdown) else {
+            return Ok(None);
+        };
+        let errors: Vec<String> = fetched
+            .iter()
+            .zip(servers)
+            .filter_map(|(result, server)| {
+                result
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{}: {e}", server.addr()))
+            })
+            .collect();
+        if let Some(why) = servers.iter().find_map(|s| s.fatal()) {
+            bail!("{why}");
+        }
+        let mut lists = Lists::default();
+        lists.update(servers, fetched);
+        if lists.any() {
+            for e in &errors {
+                warn!("cannot get the list from server {e}; going on without it for now");
+            }
+            return Ok(Some(lists));
+        }
+        let why = errors.join("; ");
+        tries += 1;
+        if args.once && u64::from(tries) >= args.retries {
+            bail!("cannot get the list from server {why}");
+        }
+        let wait = backoff.wait(tries);
+        warn!(
+            "cannot get the list from server {why}; retrying in {:.1} s",
+            wait.as_secs_f64()
+        );
+        if shutdown.sleep(wait) {
+            return Ok(None);
+        }
+    }
+}
+
+/// Prints the list (merged over all servers, marking names not every server
+/// holds and names the servers disagree on).
+fn print_lists(lists: &[Option<fastdl_protocol::Listing>]) {
+    let merged = vote::merge(lists);
+    let reachable = lists.iter().filter(|l| l.is_some()).count();
+    if lists.len() == 1 {
+        println!("{} files on the server:", merged.len());
+    } else {
+        println!(
+            "{} files on {reachable} of {} servers:",
+            merged.len(),
+            lists.len()
+        );
+    }
+    for (i, entry) in merged.iter().enumerate() {
+        let mut marks = Vec::new();
+        if lists.len() > 1 && entry.held_by < lists.len() {
+            marks.push(format!("on {} of {} servers", entry.held_by, lists.len()));
+        }
+        if entry.conflict {
+            marks.push("servers disagree on its content".to_owned());
+        }
+        let marks = if marks.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", marks.join("; "))
+        };
+        println!(
+            "{}) {}  {}{marks}",
+            i + 1,
+            entry.name,
+            human_bytes(entry.size)
+        );
+    }
+}

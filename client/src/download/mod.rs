@@ -1,0 +1,401 @@
+//! The download engine: connections take pieces, not files.
+//!
+//! Each source (a server) gets `--connections` workers, each with its own
+//! long-lived connection. All of them take their work from one board: the
+//! files being downloaded, in the order they were submitted, and the files
+//! waiting to start. A worker takes, in this order: the digests a file
+//! still needs, a plan to run (`--plan`), the next piece of the first file
+//! that has one for it, and a copy of a piece held up on a slower
+//! connection (the end game). An opener thread starts files ahead of the
+//! workers: the next one as soon as fewer pieces are left to take than
+//! the workers could ask for at once ([`LOOKAHEAD_PER_WORKER`] each), up
+//! to `--jobs` files. So a queue of small files keeps every connection
+//! busy (eight 100 KiB files in flight at once on four connections, each
+//! landing on its own), one large file has all of them, and the next
+//! large file is not preallocated on disk until the current one is nearly
+//! handed out. Opening (the existing-file check, the part file) never
+//! delays a connection's reads.
+//!
+//! Each file is one [`attempt::Attempt`]: its phases, its pieces, its
+//! verdict. The engine hands verified part files to the lander and every
+//! other outcome to the scheduler; it never decides whether to try again.
+//!
+//! Submodules: `source` (the seam to where bytes come from), `attempt`
+//! (one file), `worker` (one connection), `landing` (one piece),
+//! `pieces` (the piece queue and the end game), `expected` (digests that
+//! may still be on their way), `leftovers` (connections cut at the end),
+//! `ratelimit` (`--limit-rate`), `outcome` (what goes in and comes out).
+
+pub mod attempt;
+pub mod expected;
+pub mod landing;
+pub mod leftovers;
+pub mod outcome;
+pub mod pieces;
+pub mod ratelimit;
+pub mod source;
+pub mod worker;
+
+#[cfg(test)]
+mod engine_tests;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use fastdl_support::human_bytes;
+use log::{error, info};
+
+use self::attempt::{Attempt, Context};
+use self::expected::Ticket;
+use self::outcome::{Job, Report, ToLand};
+use self::pieces::{Taker, STALL_POLL};
+use self::ratelimit::RateLimit;
+use self::source::Source;
+use crate::disk::outdir::OutDir;
+use crate::progress::Progress;
+use crate::shutdown::Shutdown;
+
+/// How the engine works.
+pub struct Settings {
+    /// Connections (workers) per source.
+    pub connections: usize,
+    /// Most files being downloaded at once (`--jobs`).
+    pub max_files: usize,
+    /// `--plan`: let each file's source push it first.
+    pub plan: bool,
+    /// `--limit-rate`, shared by every connection.
+    pub limit: Option<RateLimit>,
+    /// Connect every worker at start instead of at its first request
+    /// (`--once`: downloads follow at once, and the handshakes overlap
+    /// the list fetch).
+    pub connect_early: bool,
+}
+
+/// What the engine's workers share.
+pub struct Shared {
+    pub sources: Vec<Arc<dyn Source>>,
+    pub settings: Settings,
+    pub out: OutDir,
+    pub progress: Arc<Progress>,
+    pub shutdown: Arc<Shutdown>,
+    board: Mutex<Board>,
+    /// Signalled when work may be there: a file opened, a piece given
+    /// back, shutdown.
+    wake: Condvar,
+    /// Signalled when the opener may have a file to start: one submitted,
+    /// pieces taken, a file over, shutdown.
+    wake_opener: Condvar,
+    outcomes: Sender<Report>,
+    verified: Sender<ToLand>,
+}
+
+/// The files of the engine.
+#[derive(Default)]
+struct Board {
+    /// Submitted, not started.
+    queued: VecDeque<Job>,
+    /// Being downloaded, in the order they were started.
+    active: Vec<Arc<Attempt>>,
+    /// Being opened by a worker (they count towards `max_files`).
+    opening: usize,
+}
+
+/// What a worker takes from the board.
+pub enum Work {
+    /// Ask a file's source for its per-piece digests.
+    Digests(Arc<Attempt>),
+    /// Run a file's plan (`--plan`).
+    Plan(Arc<Attempt>),
+    /// Fetch a piece (or a copy of one: the end game), judged against the
+    /// digests request out when it was taken.
+    Piece(Arc<Attempt>, u64, Ticket),
+}
+
+/// Pieces left to take, per worker, below which the opener starts the
+/// next file: the most one connection keeps in flight on a long path, so
+/// that no connection runs dry while a file is being opened.
+pub const LOOKAHEAD_PER_WORKER: u64 = worker::MAX_DEPTH as u64;
+
+/// What a worker may take, as far as it is concerned.
+pub struct Wants<'a> {
+    pub source: usize,
+    pub taker: Taker,
+    pub rtt: Duration,
+    /// Whether it can run something long without holding up answers it
+    /// owes (a plan).
+    pub idle: bool,
+    /// Whether it may take another piece of this file (its own share).
+    pub room_for: &'a dyn Fn(&Attempt) -> bool,
+}
+
+/// The running engine.
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Starts the workers: `settings.connections` per source. Outcomes go
+    /// to `outcomes`, verified files to `verified` (the lander).
+    pub fn start(
+        sources: Vec<Arc<dyn Source>>,
+        settings: Settings,
+        out: OutDir,
+        progress: Arc<Progress>,
+        shutdown: Arc<Shutdown>,
+        outcomes: Sender<Report>,
+        verified: Sender<ToLand>,
+    ) -> Engine {
+        let shared = Arc::new(Shared {
+            sources,
+            settings,
+            out,
+            progress,
+            shutdown,
+            board: Mutex::new(Board::default()),
+            wake: Condvar::new(),
+            wake_opener: Condvar::new(),
+            outcomes,
+            verified,
+        });
+        let mut taker = 0;
+        for source in 0..shared.sources.len() {
+            for _ in 0..shared.settings.connections {
+                let (shared, me) = (Arc::clone(&shared), Taker(taker));
+                taker += 1;
+                spawn(&format!("conn {source}.{}", me.0), move || {
+                    worker::Worker::new(shared, source, me).run()
+                });
+            }
+        }
+        {
+            let shared = Arc::clone(&shared);
+            spawn("journals", move || shared.keep_journals());
+        }
+        {
+            let shared = Arc::clone(&shared);
+            spawn("opener", move || shared.open_ahead());
+        }
+        {
+            // Waiters on the board wake when shutdown is signalled.
+            let shared = Arc::clone(&shared);
+            spawn("engine stop", move || {
+                let _ = shared.shutdown.signal().recv();
+                let _board = shared.lock();
+                shared.wake.notify_all();
+                shared.wake_opener.notify_all();
+            });
+        }
+        Engine { shared }
+    }
+
+    /// Queues a file.
+    pub fn submit(&self, job: Job) {
+        self.shared.lock().queued.push_back(job);
+        self.shared.wake_opener.notify_one();
+    }
+
+    /// Why the run must stop, if a source turned out unusable.
+    pub fn fatal(&self) -> Option<String> {
+        self.shared.sources.iter().find_map(|s| s.fatal())
+    }
+
+    /// The sources, for the scheduler's list fetches.
+    pub fn sources(&self) -> &[Arc<dyn Source>] {
+        &self.shared.sources
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+        error!("cannot start thread {name}: {e}");
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next thing `wants` should do; waits for one if `wait` (until
+    /// shutdown: `None`).
+    pub fn next_work(&self, wants: &Wants<'_>, wait: bool) -> Option<Work> {
+        let mut board = self.lock();
+        loop {
+            if self.shutdown.is_requested() {
+                return None;
+            }
+            let before = board.active.len();
+            board
+                .active
+                .retain(|a| !a.is_stopped() && a.queue.remaining() > 0);
+            let found = find_work(&board, wants);
+            if matches!(found, Some(Work::Piece(..))) || board.active.len() < before {
+                // Fewer pieces left to take, or a file over: the opener
+                // may start the next one.
+                self.wake_opener.notify_one();
+            }
+            if found.is_some() {
+                return found;
+            }
+            if !wait {
+                return None;
+            }
+            // A copy may become worth asking for as time passes: look
+            // again soon while some file is down to its last pieces.
+            let copies = board
+                .active
+                .iter()
+                .any(|a| a.uses(wants.source) && a.queue.copies_possible());
+            board = if copies {
+                self.wake
+                    .wait_timeout(board, STALL_POLL)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            } else {
+                self.wake.wait(board).unwrap_or_else(|p| p.into_inner())
+            };
+        }
+    }
+
+    /// The opener: starts the queued files, in order, whenever the active
+    /// ones have fewer pieces left to take than the workers could ask for
+    /// at once, up to `max_files` files; until shutdown.
+    fn open_ahead(&self) {
+        let workers = (self.sources.len() * self.settings.connections) as u64;
+        let lookahead = workers * LOOKAHEAD_PER_WORKER;
+        loop {
+            let job = {
+                let mut board = self.lock();
+                loop {
+                    if self.shutdown.is_requested() {
+                        return;
+                    }
+                    board
+                        .active
+                        .retain(|a| !a.is_stopped() && a.queue.remaining() > 0);
+                    let untaken: u64 = board.active.iter().map(|a| a.queue.untaken()).sum();
+                    let room = board.active.len() + board.opening < self.settings.max_files;
+                    if room && untaken < lookahead {
+                        if let Some(job) = board.queued.pop_front() {
+                            board.opening += 1;
+                            break job;
+                        }
+                    }
+                    board = self
+                        .wake_opener
+                        .wait(board)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            self.open(job);
+        }
+    }
+
+    /// Phase 1 of a file: opens it and puts it on the board (or reports
+    /// the outcome of an attempt that ended there).
+    fn open(&self, job: Job) {
+        let cx = Context {
+            out: &self.out,
+            progress: &self.progress,
+            outcomes: &self.outcomes,
+            verified: &self.verified,
+            plan: self.settings.plan,
+        };
+        let opened = Attempt::open(job.clone(), &cx);
+        let mut board = self.lock();
+        board.opening -= 1;
+        match opened {
+            // Nothing to fetch (an empty file, a part file complete before
+            // a crash): straight to the verdict.
+            Ok(attempt) if attempt.is_open() && attempt.queue.remaining() == 0 => {
+                drop(board);
+                self.finish(&attempt);
+            }
+            Ok(attempt) => board.active.push(attempt),
+            Err(outcome) => {
+                drop(board);
+                let _ = self.outcomes.send((job, outcome));
+            }
+        }
+        self.wake.notify_all();
+        self.wake_opener.notify_one();
+    }
+
+    /// Phase 5 of a file whose pieces may all be in ([`Attempt::finish`]);
+    /// a file fetched from several servers logs what each delivered.
+    pub fn finish(&self, attempt: &Attempt) {
+        if !attempt.finish() || attempt.job.sources.len() < 2 {
+            return;
+        }
+        let shares = attempt.shares();
+        let total = shares.iter().map(|(_, b)| b).sum::<u64>().max(1);
+        let split: Vec<String> = shares
+            .iter()
+            .map(|&(s, bytes)| {
+                format!(
+                    "{} {} ({:.0}%)",
+                    self.sources[s].name(),
+                    human_bytes(bytes),
+                    bytes as f64 * 100.0 / total as f64
+                )
+            })
+            .collect();
+        info!(
+            "{}: pieces by server: {}",
+            attempt.remote(),
+            split.join(", ")
+        );
+    }
+
+    /// Wakes workers waiting for work (a piece came back).
+    pub fn notify(&self) {
+        let _board = self.lock();
+        self.wake.notify_all();
+    }
+
+    /// Writes each active file's journal about once a second, for the
+    /// life of the engine.
+    fn keep_journals(&self) {
+        while !self.shutdown.sleep(Duration::from_secs(1)) {
+            let active: Vec<Arc<Attempt>> = self.lock().active.clone();
+            for attempt in active {
+                attempt.keep_journal(false);
+            }
+        }
+    }
+}
+
+/// Work on the active files for `wants`, without waiting.
+fn find_work(board: &Board, wants: &Wants<'_>) -> Option<Work> {
+    let usable = || {
+        board
+            .active
+            .iter()
+            .filter(|a| a.uses(wants.source) && !a.is_stopped())
+    };
+    for a in usable() {
+        if a.take_digests_request() {
+            return Some(Work::Digests(Arc::clone(a)));
+        }
+        if wants.idle && a.take_plan() {
+            return Some(Work::Plan(Arc::clone(a)));
+        }
+    }
+    for a in usable() {
+        if a.is_open() && (wants.room_for)(a) {
+            if let Some(piece) = a.queue.try_take(wants.taker) {
+                return Some(Work::Piece(Arc::clone(a), piece, a.expected.ticket()));
+            }
+        }
+    }
+    for a in usable() {
+        if a.is_open() && (wants.room_for)(a) {
+            if let Some(piece) = a.queue.take_copy(wants.taker, wants.rtt) {
+                return Some(Work::Piece(Arc::clone(a), piece, a.expected.ticket()));
+            }
+        }
+    }
+    None
+}
