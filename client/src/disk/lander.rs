@@ -160,3 +160,92 @@ fn flush(batch: &[(Job, Box<Verified>)]) -> std::io::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::outdir::OutDir;
+    use crate::disk::store::{open_part, Spot};
+    use fastdl_protocol::{Digest, Entry};
+    use std::io::Write;
+
+    /// A verified part file of `name` holding `bytes`, ready to land.
+    fn verified(out: &OutDir, name: &str, bytes: &[u8]) -> ToLand {
+        let spot = Spot::make(out, name).unwrap();
+        let mut part = open_part(&spot, bytes.len() as u64).unwrap();
+        part.write_all(bytes).unwrap();
+        let job = Job {
+            entry: Entry {
+                name: name.into(),
+                size: bytes.len() as u64,
+                digest: Digest::of(bytes),
+            },
+            sources: vec![0],
+        };
+        let v = Verified {
+            part,
+            spot,
+            rate: 0.0,
+            fetched: bytes.len() as u64,
+        };
+        (job, Box::new(v))
+    }
+
+    #[test]
+    fn a_batch_lands_each_file_by_its_own_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = OutDir::open(tmp.path()).unwrap();
+        std::fs::create_dir(tmp.path().join("sub")).unwrap();
+        // Already there with the same bytes; there with other bytes; new.
+        std::fs::write(tmp.path().join("same.bin"), b"same").unwrap();
+        std::fs::write(tmp.path().join("sub/other.bin"), b"mine").unwrap();
+        let batch = vec![
+            verified(&out, "same.bin", b"same"),
+            verified(&out, "sub/other.bin", b"theirs"),
+            verified(&out, "new.bin", b"new"),
+        ];
+        let landed = land_batch(batch);
+        let by_name = |n: &str| &landed.iter().find(|(j, _)| j.entry.name == n).unwrap().1;
+        assert!(matches!(by_name("same.bin"), Outcome::AlreadyHad(_)));
+        assert!(matches!(by_name("sub/other.bin"), Outcome::Landed));
+        assert!(matches!(by_name("new.bin"), Outcome::Landed));
+        // Nothing overwritten; the other version kept under a new name.
+        assert_eq!(
+            std::fs::read(tmp.path().join("sub/other.bin")).unwrap(),
+            b"mine"
+        );
+        assert_eq!(
+            std::fs::read(tmp.path().join("sub/other (1).bin")).unwrap(),
+            b"theirs"
+        );
+        assert_eq!(std::fs::read(tmp.path().join("new.bin")).unwrap(), b"new");
+        // No part file or journal left behind.
+        let mut left: Vec<String> = walkdir(tmp.path());
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "new.bin",
+                "same.bin",
+                "sub",
+                "sub/other (1).bin",
+                "sub/other.bin"
+            ]
+        );
+    }
+
+    fn walkdir(root: &std::path::Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let path = e.unwrap().path();
+                found.push(path.strip_prefix(root).unwrap().display().to_string());
+                if path.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        found
+    }
+}

@@ -12,7 +12,9 @@
 //! This is the equivalent walk of `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS)`; it is used everywhere because it works on every
 //! kernel and file system, and names are validated first (no `..`, no
-//! leading `/`), so a walk can only go down.
+//! leading `/`), so a walk can only go down. For the same reason the
+//! journal's write-then-rename ([`Folder::replace`]) is done here rather
+//! than with `tempfile`, whose files are made and persisted by path.
 
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -321,3 +321,98 @@ impl Connection {
 fn unexpected(reply: Reply) -> RequestError {
     RequestError::Connection(ProtocolError::Unexpected(reply.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::pace::SpeedFloor;
+    use crate::net::transport::Security;
+    use crate::shutdown::Shutdown;
+    use std::io::{BufRead, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    /// A plaintext server on 127.0.0.1 that answers each connection with
+    /// `script(request line)` until it returns `None` (then it closes).
+    fn server(script: fn(&str) -> Option<String>) -> Endpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut w = conn.try_clone().unwrap();
+                let mut r = std::io::BufReader::new(conn);
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    match script(line.trim_end()) {
+                        Some(reply) => w.write_all(reply.as_bytes()).unwrap(),
+                        None => break,
+                    }
+                    line.clear();
+                }
+            }
+        });
+        Endpoint {
+            addr,
+            shown: addr.to_string(),
+            security: Security::Plain,
+            token: None,
+            floor: SpeedFloor {
+                min_rate: 1,
+                window: Duration::from_secs(5),
+            },
+            shutdown: Arc::new(Shutdown::default()),
+        }
+    }
+
+    #[test]
+    fn the_version_exchange_rides_with_the_first_request() {
+        let endpoint = server(|line| match line {
+            "FASTDL 2" => Some("FASTDL 2\n".into()),
+            "LIST" => Some(
+                "LIST 1\n1) a.bin\t3\t".to_owned() + &Digest::of(b"abc").to_string() + "\nEND\n",
+            ),
+            _ => None,
+        });
+        let mut conn = Connection::open(&endpoint).unwrap();
+        let listing = conn.list().unwrap();
+        assert_eq!(listing.get("a.bin").unwrap().size, 3);
+        // The connection is kept: a second request on it works.
+        assert_eq!(conn.list().unwrap(), listing);
+    }
+
+    #[test]
+    fn error_replies_become_typed_errors_that_say_who_said_what() {
+        let endpoint = server(|line| match line {
+            "FASTDL 2" => Some("FASTDL 2\n".into()),
+            l if l.starts_with("PIECES") => Some("WRONG_INPUT not listed: x\n".into()),
+            _ => Some("ERROR CHANGED f.bin: file changed since it was listed\n".into()),
+        });
+        let mut conn = Connection::open(&endpoint).unwrap();
+        conn.ask_pieces("x").unwrap();
+        let e = conn.pieces_reply("x", 5).unwrap_err();
+        assert!(e.is_changed(), "{e}");
+        assert!(e.to_string().starts_with("the server refused"), "{e}");
+        conn.ask_range("f.bin", 0, 10).unwrap();
+        let e = conn.data_header(10).unwrap_err();
+        assert!(e.is_changed() && !e.is_fatal(), "{e}");
+        assert!(e.to_string().contains("the server said CHANGED"), "{e}");
+    }
+
+    #[test]
+    fn a_busy_server_that_closes_at_once_is_reported_busy() {
+        let endpoint = server(|_| None);
+        let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = Endpoint {
+            addr: busy.local_addr().unwrap(),
+            ..endpoint
+        };
+        std::thread::spawn(move || {
+            let (mut conn, _) = busy.accept().unwrap();
+            let _ = conn.write_all(b"ERROR BUSY server is at its connection limit (1)\n");
+        });
+        let e = Connection::open(&endpoint)
+            .and_then(|mut c| c.list())
+            .unwrap_err();
+        assert!(e.is_busy(), "{e}");
+    }
+}
