@@ -335,8 +335,9 @@ class FastdlServer:
     identity kept in the work folder and pinned by clients in a
     known-servers file there)."""
 
-    def __init__(self, name, data_dir, workdir, bind="127.0.0.1", netns=None, extra=(), tls=False):
+    def __init__(self, name, data_dir, workdir, bind="127.0.0.1", netns=None, extra=(), tls=False, http=False):
         self.name = name
+        self.http_port = None
         os.makedirs(workdir, exist_ok=True)
         self.log = os.path.join(workdir, f"{name}-server.log")
         self.list = os.path.join(workdir, f"{name}-list.txt")
@@ -350,6 +351,8 @@ class FastdlServer:
             self.client_args = ["--plaintext"]
         cmd = [SERVER_BIN, "--bind", bind, "--port", "0", "--dir", data_dir,
                "--list", self.list, "--log", self.log, "-q", *security, *extra]
+        if http:
+            cmd += ["--http-port", "0"]
         if netns:
             cmd = ["ip", "netns", "exec", netns] + cmd
         self.f = open(self.stdout, "wb")
@@ -363,9 +366,12 @@ class FastdlServer:
                                    + tail_text(self.stdout) + " " + tail_text(self.log))
             try:
                 with open(self.log) as f:
-                    m = re.search(r"listening on [0-9.]+:(\d+)", f.read())
-                if m:
+                    text = f.read()
+                m = re.search(r"listening on [0-9.]+:(\d+)", text)
+                h = re.search(r"HTTP face on [0-9.]+:(\d+)", text)
+                if m and (h or not http):
                     self.port = int(m.group(1))
+                    self.http_port = int(h.group(1)) if h else None
                     break
             except OSError:
                 pass
@@ -374,6 +380,8 @@ class FastdlServer:
             self.stop()
             raise RuntimeError("fastdl-server did not log 'listening on' within 300 s")
         self.addr = f"{bind}:{self.port}"
+        self.http_url = f"http://{bind}:{self.http_port}" if self.http_port else None
+
         log(f"fastdl-server ({name}) listening on {self.addr} after {time.perf_counter() - t0:.2f} s")
 
     def vmhwm_kb(self):
@@ -691,6 +699,17 @@ def count_check(out, names, size):
     return check
 
 
+def fastdl_url_spec(inp, out, logbase, timeout, extra=()):
+    """fastdl-client fetching the URLs of `inp` (no fastdl server)."""
+    clog = logbase + ".fastdl.log"
+    return {
+        "cmd": [CLIENT_BIN, "--server", "127.0.0.1:9", "--input", inp, "--out", out, "--once",
+                "--log", clog, "-q", "--known-servers", logbase + ".known", *extra],
+        "timeout": timeout,
+        "extra_err": lambda: grep_problems(clog),
+    }
+
+
 def fastdl_spec(srv, inp, out, logbase, timeout, extra=(), netns=None):
     clog = logbase + ".fastdl.log"
     return {
@@ -715,7 +734,7 @@ def case_big(cfg, have):
     inp = os.path.join(wd, "input.txt")
     with open(inp, "w") as f:
         f.write("big.bin\n")
-    plain = FastdlServer(case + "-plain", data, wd)
+    plain = FastdlServer(case + "-plain", data, wd, http=True)
     CLEANUP.append(plain.stop)
     tls = FastdlServer(case + "-tls", data, wd, tls=True)
     CLEANUP.append(tls.stop)
@@ -729,6 +748,13 @@ def case_big(cfg, have):
     sources = [os.path.join(data, "big.bin")]
     warm(sources)
     url = f"{ng.url}/big.bin" if ng else None
+    face_url = f"{plain.http_url}/big.bin"
+    url_inputs = {}
+    for tag, u in (("http", url), ("https", f"{ng.https_url}/big.bin" if ng else None)):
+        if u:
+            url_inputs[tag] = os.path.join(wd, f"input-{tag}.txt")
+            with open(url_inputs[tag], "w") as f:
+                f.write(u + "\n")
     seq = [0]
     target = lambda out: os.path.join(out, "big.bin")
 
@@ -744,8 +770,15 @@ def case_big(cfg, have):
         return lambda out: {"cmd": cmd_for(out), "timeout": cfg.timeout_big,
                             "sync_files": [target(out)], "check": size_check(target(out), size)}
 
+    def fastdl_url(tag, extra=()):
+        return lambda out: dict(fastdl_url_spec(url_inputs[tag], out, lb("url-" + tag), cfg.timeout_big, extra),
+                                check=size_check(target(out), size))
+
     tools = [("fastdl --plaintext", fastdl(plain, "plain")),
              ("fastdl (TLS)", fastdl(tls, "tls"))]
+    if ng:
+        tools.append(("fastdl http URL", fastdl_url("http")))
+        tools.append(("fastdl https URL", fastdl_url("https", ["--cacert", ca])))
     if cfg.has_plan:
         tools.append(("fastdl --plaintext --plan", fastdl(plain, "plan", ["--plan"])))
     aria = ["aria2c", "-q", "--allow-overwrite=true", "-x4", "-s4", "-k1M"]
@@ -757,6 +790,11 @@ def case_big(cfg, have):
         tools.append(("lftp", anchor(lambda out: ["lftp", "-e", f"pget -n 4 {url} -o {out}/big.bin; quit"])))
     if ng and have["curl"]:
         tools.append(("curl", anchor(lambda out: ["curl", "-s", "-S", "-f", "-o", target(out), url])))
+        tools.append(("curl from the fastdl face", anchor(
+            lambda out: ["curl", "-s", "-S", "-f", "-o", target(out), face_url])))
+    if have["aria2c"]:
+        tools.append(("aria2c from the fastdl face", anchor(
+            lambda out: [*aria, "-d", out, "-o", "big.bin", face_url])))
     log(f"case 1: one {label_size} file over 127.0.0.1, {cfg.runs} run(s), tools: "
         + ", ".join(t for t, _ in tools))
     res = run_interleaved(case, tools, cfg.runs, os.path.join(wd, "out"), wd, sources)
@@ -790,6 +828,30 @@ def case_big(cfg, have):
                 ["aria2c", "lftp", "curl"])
     row_for("fastdl (TLS)", "fastdl over TLS 1.3, the default; aria2c over https, TLS 1.3",
             ["aria2c https", "fastdl --plaintext"])
+    if "fastdl http URL" in S:
+        row_for("fastdl http URL", "fastdl-client fetching the URL from nginx; anchors from the same nginx",
+                ["aria2c", "lftp", "curl"])
+    if "fastdl https URL" in S:
+        row_for("fastdl https URL", "fastdl-client fetching the https URL from nginx (private CA)",
+                ["aria2c https"])
+    face_rows(f"1. one {label_size} file", S, mb, "MB/s",
+              (("curl from the fastdl face", "curl", "curl"), ("aria2c from the fastdl face", "aria2c", "aria2c")))
+
+
+
+def face_rows(what, S, amount, unit, pairs):
+    """Rows comparing a tool fetching from fastdl-server's HTTP face with
+    the same tool fetching from nginx: (face tool, nginx tool, column)."""
+    for face, anchor_name, col in pairs:
+        if face not in S or anchor_name not in S:
+            continue
+        row = {"case": f"{what}: {face} (fastdl-server --http-port, plain) vs from nginx",
+               "fastdl": rate_cell(S[face], amount, unit), "aria2c": "–", "lftp": "–", "curl": "–"}
+        row[col] = f"{anchor_name} from nginx: " + rate_cell(S[anchor_name], amount, unit)
+        ok = S[face]["med"] and S[anchor_name]["med"]
+        row["ratio"] = f"vs nginx {S[anchor_name]['med'] / S[face]['med']:.2f}x" if ok else "–"
+        row["rss"] = "–"
+        ROWS.append(row)
 
 
 def case_small(cfg, have):
@@ -802,7 +864,7 @@ def case_small(cfg, have):
     inp = os.path.join(wd, "input.txt")
     with open(inp, "w") as f:
         f.write("".join(x + "\n" for x in names))
-    srv = FastdlServer(case + "-plain", data, wd)
+    srv = FastdlServer(case + "-plain", data, wd, http=True)
     CLEANUP.append(srv.stop)
     tls = FastdlServer(case + "-tls", data, wd, tls=True)
     CLEANUP.append(tls.stop)
@@ -836,7 +898,7 @@ def case_small(cfg, have):
         ("fastdl --once --plaintext", lambda out: dict(
             fastdl_spec(srv, inp, out, lb("fastdl"), cfg.timeout_small),
             check=count_check(out, names, fsize))),
-                ("fastdl --once --plaintext --jobs 1", lambda out: dict(
+        ("fastdl --once --plaintext --jobs 1", lambda out: dict(
             fastdl_spec(srv, inp, out, lb("fastdl1"), cfg.timeout_small, extra=["--jobs", "1"]),
             check=count_check(out, names, fsize))),
         ("fastdl --once (TLS)", lambda out: dict(
@@ -846,6 +908,14 @@ def case_small(cfg, have):
     if ng and have["aria2c"]:
         tools.append(("aria2c -j16", lambda out: {
             "cmd": ["aria2c", "-q", "--allow-overwrite=true", "-j16", "-i", urls, "-d", out],
+            "timeout": cfg.timeout_small, "sync_fs": out, "check": count_check(out, names, fsize)}))
+    if ng:
+        tools.append(("fastdl http URLs", lambda out: dict(
+            fastdl_url_spec(urls, out, lb("fastdl-url"), cfg.timeout_small),
+            check=count_check(out, names, fsize))))
+    if have["curl"]:
+        tools.append(("curl -Z from the fastdl face", lambda out: {
+            "cmd": ["curl", "-s", "-S", "-f", "-Z", "--parallel-max", "16", "-K", curl_cfg(out, srv.http_url)],
             "timeout": cfg.timeout_small, "sync_fs": out, "check": count_check(out, names, fsize)}))
     if ng and have["curl"]:
         tools.append(("curl -Z", lambda out: {
@@ -864,8 +934,11 @@ def case_small(cfg, have):
     S = {k: summarize(v) for k, v in res.items()}
     http = (("aria2c -j16", "aria2c"), ("curl -Z", "curl"))
     for fl, anchors in (("fastdl --once --plaintext", http),
-                                                ("fastdl --once --plaintext --jobs 1", http),
-                        ("fastdl --once (TLS)", (("curl -Z https", "curl"),))):
+                        ("fastdl --once --plaintext --jobs 1", http),
+                        ("fastdl --once (TLS)", (("curl -Z https", "curl"),)),
+                        ("fastdl http URLs", http)):
+        if fl not in S:
+            continue
         row = {"case": f"2. {n} files of 100 KiB ({fl})", "fastdl": rate_cell(S[fl], n, "files/s"),
                "lftp": "–", "aria2c": "–"}
         ratios, rsss = [], [f"{fl}: {rss_str(S[fl]['rss_kb'])}"]
@@ -880,6 +953,8 @@ def case_small(cfg, have):
         row["ratio"] = "; ".join(ratios) or "–"
         row["rss"] = "; ".join(rsss)
         ROWS.append(row)
+    face_rows(f"2. {n} files of 100 KiB", S, n, "files/s",
+              (("curl -Z from the fastdl face", "curl -Z", "curl"),))
 
 
 def case_wan(cfg, have):

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::Receiver;
-use fastdl_support::human_bytes;
 use fastdl_tls::known::KnownServers;
 use log::{error, info, warn};
 
@@ -21,16 +20,19 @@ use crate::download::outcome::Report;
 use crate::download::ratelimit::RateLimit;
 use crate::download::source::Source;
 use crate::download::{Engine, Settings};
-use crate::lists::{fetch_all, vote, Lists};
+use crate::lists::{fetch_all, Lists};
 use crate::net::connection;
 use crate::net::transport::{Endpoint, Security};
 use crate::progress::Progress;
 use crate::retry::Backoff;
 use crate::schedule::input::{self, InputWatcher};
+use crate::schedule::item::Item;
 use crate::schedule::names::Policy;
-use crate::schedule::scheduler::{Scheduler, Summary};
+use crate::schedule::scheduler::{Parts, Scheduler, Summary, Web};
 use crate::shutdown::Shutdown;
 use crate::sources::fastdl::Server;
+use crate::sources::http::probe::Prober;
+use crate::sources::http::{Http, Options as HttpOptions};
 
 /// Exit status when Ctrl-C interrupted a `--once` run (128 + SIGINT, as
 /// shells report it).
@@ -85,15 +87,44 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         None
     };
-    let (engine, outcomes) = start_engine(&args, &servers, out, &progress, &shutdown)?;
+    // A `--once` list of URLs only needs no fastdl server at all.
+    let needs_lists = once_names.as_ref().is_none_or(|lines| {
+        lines
+            .iter()
+            .any(|line| matches!(Item::parse(line), Ok(Item::Name(_))))
+    });
+    let http = Arc::new(Http::new(&HttpOptions {
+        cacert: args.cacert.clone(),
+        floor: args.speed_floor(),
+        per_host: (args.connections + args.jobs) as usize,
+    })?);
+    let (engine, outcomes) = start_engine(
+        &args,
+        &servers,
+        &http,
+        needs_lists,
+        out,
+        &progress,
+        &shutdown,
+    )?;
     let backoff = Backoff {
         first: Duration::from_secs(args.retry_wait),
         max: MAX_RETRY_WAIT,
     };
-    let Some(lists) = first_lists(&servers, &args, backoff, &shutdown)? else {
-        return Ok(interrupted(args.once));
+    let (lists, unreachable) = if needs_lists {
+        // `--once` tries as often as for a file; watch mode goes on at
+        // once, its names waiting for the list.
+        let tries = if args.once { args.retries as u32 } else { 1 };
+        let Some((lists, unreachable)) = first_lists(&servers, tries, backoff, &shutdown)? else {
+            return Ok(interrupted(args.once));
+        };
+        if unreachable.is_none() {
+            crate::lists::print(&lists.by_server);
+        }
+        (lists, unreachable)
+    } else {
+        (Lists::empty(servers.len()), None)
     };
-    print_lists(&lists.by_server);
     let poll = Duration::from_secs(args.poll);
     let names = names_from(&args, once_names, poll, &shutdown)?;
     let policy = Policy {
@@ -102,15 +133,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         backoff,
         poll,
     };
-    let scheduler = Scheduler::new(
+    let web = Web {
+        source: servers.len(),
+        prober: Prober::start(http.agent().clone(), http.floor(), args.jobs as usize),
+        slots: 2 * args.jobs as usize,
+    };
+    let parts = Parts {
         engine,
         servers,
+        web,
         lists,
-        policy,
-        Arc::clone(&shutdown),
+        unreachable,
         outcomes,
         progress,
-    );
+    };
+    let scheduler = Scheduler::new(parts, policy, Arc::clone(&shutdown));
     report(scheduler.run(names), args.once)
 }
 
@@ -131,26 +168,30 @@ fn start_logging(args: &Args, progress: &Progress) -> Result<()> {
 
 /// The engine over `servers`, with its lander; the outcomes of both come
 /// out of the receiver.
+/// The engine's sources are the fastdl servers, then the web.
 fn start_engine(
     args: &Args,
     servers: &[Arc<Server>],
+    http: &Arc<Http>,
+    needs_lists: bool,
     out: OutDir,
     progress: &Arc<Progress>,
     shutdown: &Arc<Shutdown>,
 ) -> Result<(Engine, Receiver<Report>)> {
     let (outcomes_tx, outcomes_rx) = crossbeam_channel::unbounded();
     let (verified_tx, verified_rx) = crossbeam_channel::unbounded();
-    let sources: Vec<Arc<dyn Source>> = servers
+    let mut sources: Vec<Arc<dyn Source>> = servers
         .iter()
         .map(|s| Arc::clone(s) as Arc<dyn Source>)
         .collect();
+    sources.push(Arc::clone(http) as Arc<dyn Source>);
     let settings = Settings {
         connections: args.connections as usize,
         max_files: args.jobs as usize,
         plan: args.plan,
         limit: args.limit_rate.map(RateLimit::new),
         // Downloads will follow at once: connect while the lists come.
-        connect_early: args.once,
+        connect_early: args.once && needs_lists,
     };
     let engine = Engine::start(
         sources,
@@ -270,15 +311,16 @@ fn interrupted(once: bool) -> ExitCode {
 }
 
 /// Fetches every server's list, retrying with `backoff` until at least
-/// one answers: forever in watch mode, `--retries` times with `--once`.
-/// `None` if interrupted.
+/// one answers, `tries` times at most. The lists, and why none is known
+/// if none is; `None` if interrupted. A server that no retry can help
+/// with (another identity, a refused token) ends the run.
 fn first_lists(
     servers: &[Arc<Server>],
-    args: &Args,
+    tries: u32,
     backoff: Backoff,
     shutdown: &Shutdown,
-) -> Result<Option<Lists>> {
-    let mut tries = 0u32;
+) -> Result<Option<(Lists, Option<String>)>> {
+    let mut tried = 0u32;
     loop {
         let Some(fetched) = fetch_all(servers, shutdown) else {
             return Ok(None);
@@ -302,14 +344,15 @@ fn first_lists(
             for e in &errors {
                 warn!("cannot get the list from server {e}; going on without it for now");
             }
-            return Ok(Some(lists));
+            return Ok(Some((lists, None)));
         }
         let why = errors.join("; ");
-        tries += 1;
-        if args.once && u64::from(tries) >= args.retries {
-            bail!("cannot get the list from server {why}");
+        tried += 1;
+        if tried >= tries {
+            warn!("cannot get the list from server {why}");
+            return Ok(Some((lists, Some(why))));
         }
-        let wait = backoff.wait(tries);
+        let wait = backoff.wait(tried);
         warn!(
             "cannot get the list from server {why}; retrying in {:.1} s",
             wait.as_secs_f64()
@@ -317,41 +360,5 @@ fn first_lists(
         if shutdown.sleep(wait) {
             return Ok(None);
         }
-    }
-}
-
-/// Prints the list (merged over all servers, marking names not every server
-/// holds and names the servers disagree on).
-fn print_lists(lists: &[Option<fastdl_protocol::Listing>]) {
-    let merged = vote::merge(lists);
-    let reachable = lists.iter().filter(|l| l.is_some()).count();
-    if lists.len() == 1 {
-        println!("{} files on the server:", merged.len());
-    } else {
-        println!(
-            "{} files on {reachable} of {} servers:",
-            merged.len(),
-            lists.len()
-        );
-    }
-    for (i, entry) in merged.iter().enumerate() {
-        let mut marks = Vec::new();
-        if lists.len() > 1 && entry.held_by < lists.len() {
-            marks.push(format!("on {} of {} servers", entry.held_by, lists.len()));
-        }
-        if entry.conflict {
-            marks.push("servers disagree on its content".to_owned());
-        }
-        let marks = if marks.is_empty() {
-            String::new()
-        } else {
-            format!("  [{}]", marks.join("; "))
-        };
-        println!(
-            "{}) {}  {}{marks}",
-            i + 1,
-            entry.name,
-            human_bytes(entry.size)
-        );
     }
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use log::LevelFilter;
 
-/// Downloads the files named in an input file from a fastdl server.
+/// Downloads the files named in an input file from a fastdl server, and
+/// the URLs in it from any HTTP(S) server.
 ///
 /// On start the client prints the server's list. Then it watches --input:
 /// every name appended to it (one per line; blank lines and # comments are
@@ -15,8 +16,13 @@ use log::LevelFilter;
 /// --out with the same content is skipped; a different one is never
 /// overwritten: the new download is kept as "name (1).ext". Names the
 /// server does not list are reported once and checked again whenever the
-/// list is fetched again. Stop with Ctrl-C: unfinished downloads leave
-/// hidden part files behind.
+/// list is fetched again. A line that starts with http:// or https:// is a
+/// URL, optionally followed by sha256=HEX or blake3=HEX to verify it
+/// against; it is fetched over --connections parallel ranges (one
+/// connection when the server has no ranges) and named after the URL's
+/// path or the server's Content-Disposition. An input of URLs only needs
+/// no fastdl server. Stop with Ctrl-C: unfinished downloads leave hidden
+/// part files behind.
 ///
 /// With --once, the client reads the input file once, downloads every name
 /// in it, and exits 0 only if all of them were downloaded and verified.
@@ -30,7 +36,9 @@ pub struct Args {
     #[arg(long = "server", value_name = "HOST:PORT", default_values_t = [String::from("127.0.0.1:1337")])]
     pub servers: Vec<String>,
 
-    /// File of names to download, one per line (only ever read, never changed).
+    /// File of names and URLs to download, one per line (only ever read,
+    /// never changed): "NAME" for a file of --server, "URL [sha256=HEX |
+    /// blake3=HEX]" for a file of a web server.
     #[arg(long, default_value = "input.txt", value_name = "FILE")]
     pub input: PathBuf,
 
@@ -130,6 +138,13 @@ pub struct Args {
     /// ~/.config/fastdl/known_servers]
     #[arg(long, value_name = "FILE")]
     pub known_servers: Option<PathBuf>,
+
+    /// For https:// URLs: trust the certificate authorities in this PEM
+    /// file (a private CA) instead of the system's, as curl's --cacert.
+    /// Proxies come from the usual variables (HTTPS_PROXY, HTTP_PROXY,
+    /// ALL_PROXY, NO_PROXY).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 
     /// Log file (appended to).
     #[arg(long, default_value = "client.log", value_name = "FILE")]

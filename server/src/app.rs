@@ -25,11 +25,12 @@ use crate::status::Stats;
 use crate::transfer::pace::SpeedFloor;
 use crate::transfer::plan::{PlanConfig, Plans};
 
-/// TLS with the server's identity (made on first start), or plain TCP
-/// with `--plaintext`.
-fn transport_for(args: &Args) -> Result<Transport> {
+/// How connections are set up, for the fastdl ports and for the HTTP
+/// face: TLS with the server's identity (made on first start; ALPN says
+/// which protocol), or plain TCP with `--plaintext`.
+fn transports_for(args: &Args) -> Result<(Transport, Transport)> {
     if args.plaintext {
-        return Ok(Transport::Plain);
+        return Ok((Transport::Plain, Transport::Plain));
     }
     let path = args.identity_path().context(
         "no place for the server identity: neither XDG_CONFIG_HOME nor HOME is set; pass --identity FILE",
@@ -58,10 +59,15 @@ fn transport_for(args: &Args) -> Result<Transport> {
         path.display(),
         identity.fingerprint
     );
-    let config = identity
-        .server_config(&[fastdl_tls::ALPN_FASTDL])
-        .context("cannot set up TLS with the server identity")?;
-    Ok(transport::tls(config))
+    let config = |alpn: &[u8]| {
+        identity
+            .server_config(&[alpn])
+            .context("cannot set up TLS with the server identity")
+    };
+    Ok((
+        transport::tls(config(fastdl_tls::ALPN_FASTDL)?),
+        transport::tls(config(fastdl_tls::ALPN_HTTP1)?),
+    ))
 }
 
 /// How long shutdown waits for connections to close after Ctrl-C.
@@ -88,7 +94,7 @@ fn run(args: Args) -> Result<()> {
             .context("cannot install the Ctrl-C handler")?;
     }
     let limits = connection_limits(&args);
-    let transport = transport_for(&args)?;
+    let (transport, http_transport) = transports_for(&args)?;
     let tokens = load_tokens(&args)?;
     let (catalog, rescan, _watcher) = start_catalog(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -131,7 +137,7 @@ fn run(args: Args) -> Result<()> {
             rescan: rescan.clone(),
         })
     };
-    runtime.block_on(serve(&args, ctx, shutdown.clone()))?;
+    runtime.block_on(serve(&args, ctx, http_transport, shutdown.clone()))?;
     // Sessions saw the shutdown and close; anything still running (a send
     // to a slow reader) is dropped with the runtime.
     runtime.shutdown_timeout(DRAIN);
@@ -206,16 +212,20 @@ fn start_catalog(
 async fn serve(
     args: &Args,
     ctx: impl FnOnce(&Arc<Stats>) -> Arc<Ctx>,
+    http_transport: Transport,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let addrs: Vec<SocketAddr> = args
         .ports
         .iter()
+        .chain(&args.http_port)
         .map(|&p| SocketAddr::new(args.bind, p))
         .collect();
-    let listeners = listener::bind_all(&addrs)?;
+    let mut listeners = listener::bind_all(&addrs)?;
+    let http = args.http_port.and_then(|_| listeners.pop());
     let ports: Vec<u16> = listeners
         .iter()
+        .chain(&http)
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect::<std::io::Result<_>>()?;
     let stats = Arc::new(Stats::new(&ports));
@@ -244,8 +254,21 @@ async fn serve(
             interval,
         ));
     }
+    let fastdl_ports = listeners.len();
     for (index, l) in listeners.into_iter().enumerate() {
         tokio::spawn(listener::run(Arc::clone(&ctx), l, index, shutdown.clone()));
+    }
+    if let Some(http) = http {
+        let addr = http.local_addr()?;
+        let scheme = if args.plaintext { "http" } else { "https" };
+        info!("HTTP face on {addr} ({scheme}://{addr}/)");
+        tokio::spawn(crate::http::run(
+            Arc::clone(&ctx),
+            http,
+            fastdl_ports,
+            http_transport,
+            shutdown.clone(),
+        ));
     }
     shutdown.cancelled().await;
     info!("stopping");

@@ -16,6 +16,15 @@ use log::LevelFilter;
 #[derive(Debug, Parser)]
 #[command(name = "fastdl-server", version, about, long_about)]
 pub struct Args {
+    /// Also serve the published files over HTTP/1.1 on this port (0: a free
+    /// one): GET and HEAD with ranges, an index at /, the listing as JSON
+    /// at /index.json, ETags from the BLAKE3 digests. HTTPS with the server
+    /// identity unless --plaintext (curl: --pinnedpubkey with the printed
+    /// fingerprint, and -k since the certificate is self-signed); with
+    /// --token-file, requests need "Authorization: Bearer TOKEN".
+    #[arg(long, value_name = "PORT")]
+    pub http_port: Option<u16>,
+
     /// Address to listen on (0.0.0.0: every interface; 127.0.0.1: this machine only).
     #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
     pub bind: IpAddr,

@@ -9,6 +9,8 @@
 //!   task per connection reading request lines and answering them.
 //! - [`transfer`]: every byte sent, held to the progress deadline:
 //!   replies, file ranges with `sendfile`, the N-stream plans.
+//! - [`http`]: the HTTP face (`--http-port`): the same files, limits and
+//!   tokens over HTTP/1.1, for curl, browsers and aria2.
 //! - [`status`]: counters and the periodic status line.
 //!
 //! [`app`] wires them: logging, the descriptor limit, the catalog, the
@@ -17,6 +19,7 @@
 pub mod app;
 pub mod catalog;
 pub mod cli;
+pub mod http;
 pub mod net;
 pub mod status;
 pub mod transfer;

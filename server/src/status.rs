@@ -19,6 +19,25 @@ pub struct PortStats {
     pub bytes_sent: AtomicU64,
 }
 
+impl PortStats {
+    /// Counts a connection accepted on this port as active until the
+    /// returned guard is dropped (however its session ends).
+    pub fn enter(&self) -> ActiveGuard<'_> {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self)
+    }
+}
+
+/// One active connection of a port, counted while it lives.
+pub struct ActiveGuard<'a>(&'a PortStats);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Counters of the whole server.
 #[derive(Debug, Default)]
 pub struct Stats {

@@ -6,6 +6,8 @@
 //! The binaries are found beside the test executable's target folder
 //! (`target/<profile>/`); `cargo test --workspace` builds them first.
 
+pub mod web;
+
 use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -432,10 +434,11 @@ impl FlipProxy {
 }
 
 /// A TCP proxy on 127.0.0.1 that forwards to `target`, except that the
-/// `stall`-th connection it accepts (counting from 0) stops passing the
-/// server's bytes on after `after` of them: the connection stays open, but
-/// nothing more arrives on it (what the server sends is read and dropped).
-/// Used to show that one stuck connection does not hold up a download.
+/// first connection to carry `after` bytes from the server (whichever
+/// that is: a download connection, not the one a list came over) stops
+/// passing them on there: the connection stays open, but nothing more
+/// arrives on it (what the server sends is read and dropped). Used to
+/// show that one stuck connection does not hold up a download.
 pub struct StallProxy {
     pub addr: SocketAddr,
     /// Set once the stalled connection has stopped passing bytes on.
@@ -443,21 +446,22 @@ pub struct StallProxy {
 }
 
 impl StallProxy {
-    pub fn start(target: SocketAddr, stall: usize, after: u64) -> StallProxy {
+    pub fn start(target: SocketAddr, after: u64) -> StallProxy {
         use std::sync::atomic::{AtomicBool, Ordering};
         let stalled = std::sync::Arc::new(AtomicBool::new(false));
         let flag = std::sync::Arc::clone(&stalled);
-        let addr = start_proxy(target, move |index| {
+        let addr = start_proxy(target, move |_| {
             let flag = std::sync::Arc::clone(&flag);
+            let mut mine = false;
             Box::new(move |pos: u64, buf: &mut [u8]| {
-                if index != stall {
+                let end = pos + buf.len() as u64;
+                if !mine && end > after && !flag.swap(true, Ordering::SeqCst) {
+                    mine = true;
+                }
+                if !mine {
                     return buf.len();
                 }
-                let pass = (after.saturating_sub(pos) as usize).min(buf.len());
-                if pass < buf.len() {
-                    flag.store(true, Ordering::SeqCst);
-                }
-                pass
+                (after.saturating_sub(pos) as usize).min(buf.len())
             })
         });
         StallProxy { addr, stalled }

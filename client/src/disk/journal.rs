@@ -1,13 +1,16 @@
 //! The resume journal kept beside each part file.
 //!
-//! It names the file's identity (name, size and digest from the list) and
-//! the pieces already complete. It is replaced atomically (write, fsync,
+//! It names the file's identity (name, size and the key of its version:
+//! the listed digest, or for a URL a digest of its URL, size and
+//! validators) and the pieces already complete, with the BLAKE3 digest
+//! each had when it was verified and written. It is replaced atomically (write, fsync,
 //! rename), at most about once a second while a download runs and once at
 //! its end. On the next attempt a journal whose identity still matches the
 //! list lets the part file be resumed: its pieces are verified against the
-//! server's per-piece digests, so a journal can never make a bad piece
-//! count as good. A journal for another version of the file means the part
-//! is dropped and the file starts over.
+//! server's per-piece digests, or (a source without them) against the
+//! digests kept here, so a journal can never make a piece that is not
+//! on disk as it was written count as good. A journal for another version
+//! of the file means the part is dropped and the file starts over.
 //!
 //! Format (text, one field per line):
 //!
@@ -18,7 +21,10 @@
 //! digest <64 hex digits>
 //! piece-size 1048576
 //! done 0-15,17,20-699
+//! kept <64 hex digits>,<64 hex digits>,...
 //! ```
+//!
+//! `kept` holds one digest per complete piece, in piece order.
 
 use std::io;
 
@@ -39,12 +45,41 @@ pub struct Journal {
     pub digest: Digest,
     /// One flag per piece: complete or not.
     pub done: Vec<bool>,
+    /// The digest of each complete piece, in order (empty: not recorded).
+    pub kept: Vec<Digest>,
 }
 
 impl Journal {
     /// Whether this journal describes exactly the listed `entry`.
     pub fn matches(&self, entry: &Entry) -> bool {
         self.name == entry.name && self.size == entry.size && self.digest == entry.digest
+    }
+
+    /// A journal of what `pieces` says has landed (the digest of each
+    /// landed piece, `None` for the others).
+    pub fn of(entry: &Entry, pieces: &[Option<Digest>]) -> Journal {
+        Journal {
+            name: entry.name.clone(),
+            size: entry.size,
+            digest: entry.digest,
+            done: pieces.iter().map(Option::is_some).collect(),
+            kept: pieces.iter().flatten().copied().collect(),
+        }
+    }
+
+    /// Per piece, the digest it had when written; `None` if the journal
+    /// did not record them.
+    pub fn kept_pieces(&self) -> Option<Vec<Option<Digest>>> {
+        if self.kept.is_empty() && self.done.iter().any(|d| *d) {
+            return None;
+        }
+        let mut kept = self.kept.iter();
+        Some(
+            self.done
+                .iter()
+                .map(|&done| if done { kept.next().copied() } else { None })
+                .collect(),
+        )
     }
 
     pub fn encode(&self) -> String {
@@ -66,12 +101,14 @@ impl Journal {
             });
             i += 1;
         }
+        let kept: Vec<String> = self.kept.iter().map(Digest::to_string).collect();
         format!(
-            "{MAGIC}\nname {}\nsize {}\ndigest {}\npiece-size {PIECE_SIZE}\ndone {}\n",
+            "{MAGIC}\nname {}\nsize {}\ndigest {}\npiece-size {PIECE_SIZE}\ndone {}\nkept {}\n",
             self.name,
             self.size,
             self.digest,
-            ranges.join(",")
+            ranges.join(","),
+            kept.join(",")
         )
     }
 
@@ -104,11 +141,25 @@ impl Journal {
             }
             done[a..=b].iter_mut().for_each(|d| *d = true);
         }
+        // Older journals have no `kept` line.
+        let kept = match lines.next().and_then(|l| l.strip_prefix("kept")) {
+            Some(list) => list
+                .trim()
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(Digest::from_hex)
+                .collect::<Option<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        if !kept.is_empty() && kept.len() != done.iter().filter(|d| **d).count() {
+            return None;
+        }
         Some(Journal {
             name,
             size,
             digest,
             done,
+            kept,
         })
     }
 
@@ -136,12 +187,35 @@ mod tests {
 
     fn journal(done: Vec<bool>) -> Journal {
         let size = done.len() as u64 * PIECE_SIZE - 7;
+        let kept = (0..done.iter().filter(|d| **d).count())
+            .map(|i| Digest::of(&[i as u8]))
+            .collect();
         Journal {
             name: "dir/a b ü.bin".into(),
             size,
             digest: Digest::of(b"x"),
             done,
+            kept,
         }
+    }
+
+    #[test]
+    fn keeps_each_done_piece_s_digest_and_reads_journals_without_them() {
+        let j = journal(vec![true, false, true]);
+        let kept = j.kept_pieces().unwrap();
+        assert_eq!(kept, [Some(Digest::of(&[0])), None, Some(Digest::of(&[1]))]);
+        let text = j.encode();
+        let without: String = text
+            .lines()
+            .filter(|l| !l.starts_with("kept"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let old = Journal::parse(&without).unwrap();
+        assert_eq!(old.done, j.done);
+        assert_eq!(old.kept_pieces(), None, "digests not recorded");
+        // A kept list that does not match the done pieces is refused.
+        let short = text.replace(&format!(",{}", Digest::of(&[1])), "");
+        assert!(Journal::parse(&short).is_none());
     }
 
     #[test]

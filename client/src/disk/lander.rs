@@ -4,11 +4,17 @@
 //! that file by file costs a journal commit each, which caps small-file
 //! throughput near the disk's fsync rate. The lander takes verified part
 //! files from every download thread, and for each batch that has gathered
-//! (everything ready, up to [`MAX_BATCH`]) flushes them together (a plain
-//! fsync for a lone file, one `syncfs` for several), then renames each into
-//! place without replacing anything, and fsyncs each folder once. No file
-//! is renamed before it is durable, and the download threads go on to the
-//! next file meanwhile.
+//! flushes them together (a plain fsync for a lone file, one `syncfs` for
+//! several), then renames each into place without replacing anything, and
+//! fsyncs each folder once. No file is renamed before it is durable, and
+//! the download threads go on to the next file meanwhile.
+//!
+//! A batch closes when files stop coming ([`QUIET`] without a new one),
+//! after [`MAX_WAIT`] from its first file, or at [`MAX_BATCH`] files. A
+//! lone file so waits 1 ms; a stream of small files lands in batches of
+//! dozens. Measured on 1000 files of 100 KiB: closing 2 ms after the first
+//! file made 428 batches (a `syncfs` of 0.36 ms and a folder fsync of
+//! 0.19 ms each, the lander the slowest stage); this rule makes about 20.
 
 use std::collections::HashSet;
 use std::os::fd::AsFd;
@@ -23,17 +29,20 @@ use crate::download::outcome::{FileError, Job, Outcome, Report, ToLand, Verified
 
 /// Most files landed in one batch.
 pub const MAX_BATCH: usize = 256;
-/// How long a batch waits for company once its first file arrived.
-const GATHER: Duration = Duration::from_millis(2);
+/// A batch closes when no file has come for this long...
+const QUIET: Duration = Duration::from_millis(1);
+/// ...or this long after its first file came.
+const MAX_WAIT: Duration = Duration::from_millis(25);
 
 /// Lands what arrives on `verified`, reporting each outcome on `results`,
 /// until the channel closes.
 pub fn run(verified: Receiver<ToLand>, results: Sender<Report>) {
     while let Ok(first) = verified.recv() {
         let mut batch = vec![first];
-        let until = Instant::now() + GATHER;
+        let until = Instant::now() + MAX_WAIT;
         while batch.len() < MAX_BATCH {
-            match verified.recv_deadline(until) {
+            let wait = (Instant::now() + QUIET).min(until);
+            match verified.recv_deadline(wait) {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
             }
@@ -69,7 +78,12 @@ fn land_batch(batch: Vec<(Job, Box<Verified>)>) -> Vec<(Job, Outcome)> {
     }
     let mut placed = Vec::with_capacity(batch.len());
     for (job, v) in batch {
-        let result = store::place(&v.spot, &job.entry);
+        // An existing file at the name with this very content means done.
+        let content = fastdl_protocol::Entry {
+            digest: v.content,
+            ..job.entry.clone()
+        };
+        let result = store::place(&v.spot, &content);
         placed.push((job, v, result));
     }
     // Each folder that got a new name is flushed once; a failure there
@@ -116,14 +130,22 @@ fn outcome_of(
         spot,
         rate,
         fetched,
+        checked,
         ..
     } = verified;
     let _ = spot.folder.remove(&spot.journal());
     let entry = &job.entry;
     match (result, dir_error) {
         (Ok(Landed::New(path)), None) => {
+            let (verified, how) = match checked {
+                Some(algo) => ("verified", format!("; checked whole by {}", algo.as_str())),
+                None => (
+                    "NOT verified by digest (none given or announced; size and validators checked)",
+                    String::new(),
+                ),
+            };
             info!(
-                "{}: done, {} verified, {} fetched this run ({}/s) -> {}",
+                "{}: done, {} {verified}, {} fetched this run ({}/s{how}) -> {}",
                 entry.name,
                 human_bytes(entry.size),
                 human_bytes(fetched),
@@ -174,17 +196,19 @@ mod tests {
         let spot = Spot::make(out, name).unwrap();
         let mut part = open_part(&spot, bytes.len() as u64).unwrap();
         part.write_all(bytes).unwrap();
-        let job = Job {
-            entry: Entry {
+        let job = Job::listed(
+            Entry {
                 name: name.into(),
                 size: bytes.len() as u64,
                 digest: Digest::of(bytes),
             },
-            sources: vec![0],
-        };
+            vec![0],
+        );
         let v = Verified {
             part,
             spot,
+            content: Digest::of(bytes),
+            checked: None,
             rate: 0.0,
             fetched: bytes.len() as u64,
         };

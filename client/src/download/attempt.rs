@@ -30,13 +30,13 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 use fastdl_protocol::digest::{piece_count, piece_range, root_digest, PieceHasher};
-use fastdl_protocol::{Digest, PieceTree, PIECE_SIZE};
+use fastdl_protocol::{Digest, Entry, PieceTree, PIECE_SIZE};
 use fastdl_support::human_bytes;
 use log::{info, warn};
 
 use super::expected::Expected;
 use super::leftovers::Leftovers;
-use super::outcome::{FileError, Job, Outcome, Report, ToLand, Verified};
+use super::outcome::{Algo, FileError, Job, Outcome, Report, ToLand, Verified};
 use super::pieces::PieceQueue;
 use super::source::SourceError;
 use crate::disk::journal::Journal;
@@ -87,6 +87,9 @@ struct State {
     sources: Vec<(usize, u32)>,
     /// Pieces landed when the journal was last written.
     journaled: Option<usize>,
+    /// The whole file was found wrong and its part removed: no journal may
+    /// name it again (a later attempt starts over).
+    discarded: bool,
 }
 
 /// One attempt at one file.
@@ -117,16 +120,24 @@ impl Attempt {
     pub fn open(job: Job, cx: &Context<'_>) -> Result<Arc<Attempt>, Outcome> {
         let entry = &job.entry;
         let disk = |what, path, source| Outcome::Failed(FileError::Disk { what, path, source });
-        match store::already_have(cx.out, entry) {
-            Ok(Some(path)) => return Err(Outcome::AlreadyHad(path)),
-            Ok(None) => {}
-            Err(e) => return Err(disk("cannot check", cx.out.display(&entry.name), e)),
+        // The same content already in place? Known up front only from a
+        // BLAKE3 digest; other files are compared when they land.
+        if let Some(content) = job.content_digest() {
+            let same = Entry {
+                digest: content,
+                ..entry.clone()
+            };
+            match store::already_have(cx.out, &same) {
+                Ok(Some(path)) => return Err(Outcome::AlreadyHad(path)),
+                Ok(None) => {}
+                Err(e) => return Err(disk("cannot check", cx.out.display(&entry.name), e)),
+            }
         }
         let spot = Spot::make(cx.out, &entry.name)
             .map_err(|e| disk("cannot make the folder of", cx.out.display(&entry.name), e))?;
         let resume =
             prepare_resume(&job, &spot).map_err(|e| disk("cannot check", spot.part_path(), e))?;
-        if !resume {
+        if resume == Resume::Fresh {
             room_for(cx.out, entry.size).map_err(Outcome::Failed)?;
         }
         let part = store::open_part(&spot, entry.size)
@@ -136,35 +147,29 @@ impl Attempt {
             .try_clone()
             .map(|file| PieceWriter::new(file, entry.size))
             .map_err(|e| disk("cannot open", spot.part_path(), e))?;
-        // A file of one piece needs no list: its digest is the file's.
-        let expected = if count > 1 {
-            Expected::pending(entry.digest)
-        } else {
-            Expected::known(Vec::new(), entry.digest)
+        let expected = match job.content_digest() {
+            _ if count > 1 && job.per_piece => Expected::pending(entry.digest),
+            // A file of one piece needs no list: its digest is the file's.
+            Some(content) if count <= 1 => Expected::known(Vec::new(), content),
+            _ => Expected::unverified(),
         };
         let queue = PieceQueue::new(count, vec![None; count as usize]);
         let mut open = true;
-        if resume {
-            if count > 1 {
-                // Kept pieces are checked once the digests are here.
-                open = false;
-            } else {
-                queue.already_have(&verify_part(&part, entry.size, &[], entry.digest));
-            }
+        match &resume {
+            Resume::Fresh => {}
+            // Kept pieces are checked once the server's digests are here.
+            Resume::Check if count > 1 => open = false,
+            Resume::Check => queue.already_have(&verify_part(&part, entry.size, &[], entry.digest)),
+            Resume::Kept(kept) => queue.already_have(&verify_kept(&part, entry.size, kept)),
         }
-        let plan = if cx.plan && count > 0 && !resume {
+        // Pushed whole by the source: `--plan`, or a source without ranges.
+        let plan = if count > 0 && ((cx.plan && resume == Resume::Fresh) || !job.ranges) {
             open = false;
             Plan::Wanted
         } else {
             Plan::No
         };
-        let already = queue
-            .digests()
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.is_some())
-            .map(|(i, _)| piece_range(entry.size, i as u64).1)
-            .sum();
+        let already = entry.size - queue.remaining_bytes(entry.size);
         let progress = Progress::start_file(cx.progress, &entry.name, entry.size, already);
         let sources = job.sources.iter().map(|&s| (s, 0)).collect();
         Ok(Arc::new(Attempt {
@@ -175,13 +180,14 @@ impl Attempt {
             expected,
             progress,
             leftovers: Leftovers::default(),
-            resume,
+            resume: resume != Resume::Fresh,
             state: Mutex::new(State {
                 plan,
                 open,
                 stop: None,
                 sources,
                 journaled: None,
+                discarded: false,
             }),
             finished: AtomicBool::new(false),
             outcomes: cx.outcomes.clone(),
@@ -198,7 +204,7 @@ impl Attempt {
 
     /// The file's name on its sources.
     pub fn remote(&self) -> &str {
-        &self.job.entry.name
+        &self.job.remote
     }
 
     pub fn size(&self) -> u64 {
@@ -244,7 +250,7 @@ impl Attempt {
         state.plan = Plan::No;
         state.open = true;
         drop(state);
-        if missing > 0 && !self.is_stopped() {
+        if missing > 0 && !self.is_stopped() && self.job.ranges {
             info!(
                 "{}: {missing} chunks missing after the plan; fetching them with ranged reads",
                 self.job.entry.name
@@ -357,15 +363,13 @@ impl Attempt {
         self.leftovers.end();
         let entry = &self.job.entry;
         let digests: Option<Vec<Digest>> = self.queue.digests().into_iter().collect();
-        let root = digests.map(|d| root_digest(entry.size, &d));
-        if root != Some(entry.digest) {
+        let content = digests.map(|d| root_digest(entry.size, &d));
+        if let Err(e) = self.check_whole(content) {
             self.finished.store(false, Ordering::SeqCst);
+            self.lock().discarded = true;
             let _ = self.spot.folder.remove(&self.spot.part());
             let _ = self.spot.folder.remove(&self.spot.journal());
-            self.stop(Stop::Failed(FileError::Mismatch {
-                got: root.unwrap_or(Digest([0; 32])),
-                want: entry.digest,
-            }));
+            self.stop(Stop::Failed(e));
             return false;
         }
         if self.progress.copies() > 0 {
@@ -375,17 +379,23 @@ impl Attempt {
                 human_bytes(self.progress.copies())
             );
         }
-        let verified = match self
+        let verified = self
             .part
             .try_clone()
             .and_then(|part| Ok((part, self.spot.try_clone()?)))
-        {
-            Ok((part, spot)) => Verified {
+            .map(|(part, spot)| Verified {
                 part,
                 spot,
+                content: content.unwrap_or(Digest([0; 32])),
+                checked: self.job.check.as_ref().map(|c| c.algo),
                 rate: self.progress.rate(),
                 fetched: self.progress.fetched(),
-            },
+            });
+        match verified {
+            Ok(verified) => self
+                .verified
+                .send((self.job.clone(), Box::new(verified)))
+                .is_ok(),
             Err(e) => {
                 self.finished.store(false, Ordering::SeqCst);
                 self.stop(Stop::Failed(FileError::Disk {
@@ -393,34 +403,53 @@ impl Attempt {
                     path: self.spot.part_path(),
                     source: e,
                 }));
-                return false;
+                false
+            }
+        }
+    }
+
+    /// The whole file against its check: the pieces' BLAKE3 digests
+    /// combine into `content`; a SHA digest means reading the part once.
+    fn check_whole(&self, content: Option<Digest>) -> Result<(), FileError> {
+        let Some(check) = &self.job.check else {
+            return Ok(());
+        };
+        let got = match check.algo {
+            Algo::Blake3 => content.map(|d| d.0.to_vec()).unwrap_or_default(),
+            Algo::Sha256 | Algo::Sha512 => {
+                sha_of(&self.part, self.size(), check.algo).map_err(|e| FileError::Disk {
+                    what: "cannot read back",
+                    path: self.spot.part_path(),
+                    source: e,
+                })?
             }
         };
-        self.verified
-            .send((self.job.clone(), Box::new(verified)))
-            .is_ok()
+        if got == check.want {
+            return Ok(());
+        }
+        Err(FileError::Mismatch {
+            algo: check.algo,
+            got: hex(&got),
+            want: hex(&check.want),
+            from: check.from,
+        })
     }
 
     /// Writes the journal if more pieces landed since it was last written
     /// (files of more than one piece; `last`: the attempt is over, write
     /// what there is).
     pub fn keep_journal(&self, last: bool) {
-        let done: Vec<bool> = self.queue.digests().iter().map(Option::is_some).collect();
-        if done.len() <= 1 || self.finished.load(Ordering::SeqCst) {
+        let pieces = self.queue.digests();
+        if pieces.len() <= 1 || self.finished.load(Ordering::SeqCst) {
             return;
         }
-        let count = done.iter().filter(|d| **d).count();
+        let count = pieces.iter().flatten().count();
         let mut state = self.lock();
-        if state.journaled == Some(count) || (count == 0 && !last) {
+        if state.discarded || state.journaled == Some(count) || (count == 0 && !last) {
             return;
         }
         let entry = &self.job.entry;
-        let journal = Journal {
-            name: entry.name.clone(),
-            size: entry.size,
-            digest: entry.digest,
-            done,
-        };
+        let journal = Journal::of(entry, &pieces);
         match journal.store(&self.spot) {
             Ok(()) => state.journaled = Some(count),
             Err(e) => warn!(
@@ -452,38 +481,102 @@ impl Drop for Attempt {
     }
 }
 
+/// How an existing part file is resumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resume {
+    /// There is none (or it was dropped): start from nothing.
+    Fresh,
+    /// Check every piece against the server's per-piece digests.
+    Check,
+    /// Check the pieces the journal kept against the digests it recorded
+    /// (a source without per-piece digests).
+    Kept(Vec<Option<Digest>>),
+}
+
 /// Decides whether an existing part file is resumed: yes when its journal
-/// names this very version of the file (or there is no journal, in which
-/// case every piece is checked anyway); a part of another version is
+/// names this very version of the file (or there is no journal and the
+/// server can give per-piece digests, in which case every piece is
+/// checked); a part of another version, or one that nothing can check, is
 /// dropped.
-fn prepare_resume(job: &Job, spot: &Spot) -> std::io::Result<bool> {
+fn prepare_resume(job: &Job, spot: &Spot) -> std::io::Result<Resume> {
     let entry = &job.entry;
     let journal = Journal::load(spot)?;
     if spot.folder.look(&spot.part())? == Found::Nothing {
         if journal.is_some() {
             spot.folder.remove(&spot.journal())?;
         }
-        return Ok(false);
+        return Ok(Resume::Fresh);
     }
+    let drop_part = |why: String| -> std::io::Result<Resume> {
+        info!("{}: {why}; starting over", entry.name);
+        spot.folder.remove(&spot.part())?;
+        spot.folder.remove(&spot.journal())?;
+        Ok(Resume::Fresh)
+    };
     match journal {
-        Some(j) if j.matches(entry) => Ok(true),
-        Some(j) => {
-            info!(
-                "{}: the server's file changed since this part was started (size {} -> {}, digest {} -> {}); starting over",
-                entry.name, j.size, entry.size, j.digest, entry.digest
-            );
-            spot.folder.remove(&spot.part())?;
-            spot.folder.remove(&spot.journal())?;
-            Ok(false)
-        }
-        None => {
+        // A source that cannot range: nothing to resume from.
+        _ if !job.ranges => drop_part("the server does not serve ranges".into()),
+        Some(j) if j.matches(entry) && job.per_piece => Ok(Resume::Check),
+        Some(j) if j.matches(entry) => match j.kept_pieces() {
+            Some(kept) => Ok(Resume::Kept(kept)),
+            None => drop_part("the part file's journal kept no piece digests".into()),
+        },
+        Some(j) => drop_part(format!(
+            "the file changed since this part was started (size {} -> {}, version {} -> {})",
+            j.size, entry.size, j.digest, entry.digest
+        )),
+        None if job.per_piece => {
             info!(
                 "{}: found a part file without a journal; checking its pieces",
                 entry.name
             );
-            Ok(true)
+            Ok(Resume::Check)
+        }
+        None => drop_part("found a part file without a journal".into()),
+    }
+}
+
+/// The pieces of a part file that still hold what the journal recorded
+/// for them (`kept`: per piece, the digest it had when written).
+fn verify_kept(part: &File, size: u64, kept: &[Option<Digest>]) -> Vec<Option<Digest>> {
+    let mut have = vec![None; kept.len()];
+    let mut buf = vec![0u8; PIECE_SIZE as usize];
+    for (piece, want) in kept.iter().enumerate() {
+        let Some(want) = want else { continue };
+        let (offset, len) = piece_range(size, piece as u64);
+        let buf = &mut buf[..len as usize];
+        if part.read_exact_at(buf, offset).is_err() {
+            continue;
+        }
+        let mut hasher = PieceHasher::new(size, piece as u64);
+        hasher.update(buf);
+        if hasher.finalize() == *want {
+            have[piece] = Some(*want);
         }
     }
+    have
+}
+
+/// The SHA-256 or SHA-512 of the first `size` bytes of `part`.
+fn sha_of(part: &File, size: u64, algo: Algo) -> std::io::Result<Vec<u8>> {
+    let algorithm = match algo {
+        Algo::Sha512 => &aws_lc_rs::digest::SHA512,
+        _ => &aws_lc_rs::digest::SHA256,
+    };
+    let mut context = aws_lc_rs::digest::Context::new(algorithm);
+    let mut buf = vec![0u8; PIECE_SIZE as usize];
+    let mut offset = 0;
+    while offset < size {
+        let len = (size - offset).min(PIECE_SIZE) as usize;
+        part.read_exact_at(&mut buf[..len], offset)?;
+        context.update(&buf[..len]);
+        offset += len as u64;
+    }
+    Ok(context.finish().as_ref().to_vec())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether a fresh download of `size` bytes fits on the output folder's
@@ -587,14 +680,14 @@ mod tests {
     }
 
     fn job(name: &str, content: &[u8]) -> Job {
-        Job {
-            entry: Entry {
+        Job::listed(
+            Entry {
                 name: name.into(),
                 size: content.len() as u64,
                 digest: Digest::of(content),
             },
-            sources: vec![0, 1],
-        }
+            vec![0, 1],
+        )
     }
 
     fn content(len: usize) -> Vec<u8> {

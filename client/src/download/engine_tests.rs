@@ -121,7 +121,8 @@ impl Source for Memory {
 }
 
 impl Channel for MemoryChannel {
-    fn ask_range(&mut self, remote: &str, offset: u64, length: u64) -> Result<(), SourceError> {
+    fn ask_range(&mut self, file: &Job, offset: u64, length: u64) -> Result<(), SourceError> {
+        let remote = file.remote.as_str();
         *self
             .source
             .asked
@@ -137,8 +138,8 @@ impl Channel for MemoryChannel {
         Ok(())
     }
 
-    fn ask_digests(&mut self, remote: &str) -> Result<(), SourceError> {
-        self.asked.push_back(Asked::Digests(remote.into()));
+    fn ask_digests(&mut self, file: &Job) -> Result<(), SourceError> {
+        self.asked.push_back(Asked::Digests(file.remote.clone()));
         Ok(())
     }
 
@@ -180,7 +181,8 @@ impl Channel for MemoryChannel {
         &mut self.body
     }
 
-    fn read_digests(&mut self, remote: &str, size: u64) -> Result<Vec<Digest>, SourceError> {
+    fn read_digests(&mut self, file: &Job) -> Result<Vec<Digest>, SourceError> {
+        let (remote, size) = (file.remote.as_str(), file.entry.size);
         let Some(Asked::Digests(asked)) = self.asked.pop_front() else {
             return Err(broken("not digests next"));
         };
@@ -193,8 +195,8 @@ impl Channel for MemoryChannel {
         Duration::from_micros(50)
     }
 
-    fn socket(&self) -> &TcpStream {
-        &self.socket
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(&self.socket)
     }
 }
 
@@ -245,14 +247,12 @@ fn file(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn job(name: &str, bytes: &[u8], sources: &[usize]) -> Job {
-    Job {
-        entry: Entry {
-            name: name.into(),
-            size: bytes.len() as u64,
-            digest: Digest::of(bytes),
-        },
-        sources: sources.to_vec(),
-    }
+    let entry = Entry {
+        name: name.into(),
+        size: bytes.len() as u64,
+        digest: Digest::of(bytes),
+    };
+    Job::listed(entry, sources.to_vec())
 }
 
 #[test]

@@ -23,6 +23,9 @@ enum State {
         asked: Option<u64>,
     },
     Known(Vec<Digest>),
+    /// There are none (a source without per-piece digests): every piece
+    /// is taken as it comes, and the file is judged whole at the end.
+    Unverified,
     /// They will not come (the attempt stopped).
     Failed,
 }
@@ -37,6 +40,8 @@ pub struct Ticket(u64);
 pub enum Judge {
     /// The digest its bytes must have.
     Against(Digest),
+    /// Taken as it comes: there is nothing to judge a piece against.
+    Accept,
     /// The digests will not come: the attempt stopped.
     Never,
     /// Not known, and the request this piece may wait for is not in
@@ -58,6 +63,11 @@ impl Expected {
     /// Digests known up front (empty for a one-piece file).
     pub fn known(pieces: Vec<Digest>, file: Digest) -> Expected {
         Expected::with(State::Known(pieces), file)
+    }
+
+    /// No per-piece digests at all (an HTTP source).
+    pub fn unverified() -> Expected {
+        Expected::with(State::Unverified, Digest([0; 32]))
     }
 
     /// Digests to be asked for.
@@ -127,9 +137,9 @@ impl Expected {
         self.arrived.notify_all();
     }
 
-    /// Whether the digests are here.
+    /// Whether the digests are here (or there are none to wait for).
     pub fn is_known(&self) -> bool {
-        matches!(self.lock().0, State::Known(_))
+        matches!(self.lock().0, State::Known(_) | State::Unverified)
     }
 
     /// What piece `piece`, asked for with `ticket`, is judged against;
@@ -141,6 +151,7 @@ impl Expected {
                 State::Known(pieces) => {
                     return Judge::Against(pieces.get(piece as usize).copied().unwrap_or(self.file))
                 }
+                State::Unverified => return Judge::Accept,
                 State::Failed => return Judge::Never,
                 State::Pending { asked: Some(n) } if Ticket(*n) == ticket => {
                     state = self.arrived.wait(state).unwrap_or_else(|p| p.into_inner());

@@ -304,12 +304,15 @@ impl Shared {
             plan: self.settings.plan,
         };
         let opened = Attempt::open(job.clone(), &cx);
+        if let (Ok(attempt), Some(head)) = (&opened, &job.head) {
+            land_head(attempt, head);
+        }
         let mut board = self.lock();
         board.opening -= 1;
         match opened {
-            // Nothing to fetch (an empty file, a part file complete before
-            // a crash): straight to the verdict.
-            Ok(attempt) if attempt.is_open() && attempt.queue.remaining() == 0 => {
+            // Nothing (left) to fetch: an empty file, a file whose first
+            // answer held it all, a part file complete before a crash.
+            Ok(attempt) if attempt.queue.remaining() == 0 => {
                 drop(board);
                 self.finish(&attempt);
             }
@@ -365,6 +368,31 @@ impl Shared {
             }
         }
     }
+}
+
+/// Lands a file's first piece from the bytes fetched with the job (an HTTP
+/// probe's answer), as if a connection had just read them.
+fn land_head(attempt: &Attempt, head: &[u8]) {
+    let length = fastdl_protocol::digest::piece_range(attempt.size(), 0).1 as usize;
+    if head.len() < length || attempt.queue.landed(0) {
+        return;
+    }
+    let request = landing::PieceRequest {
+        piece: 0,
+        by: None,
+        ticket: attempt.expected.ticket(),
+    };
+    let mut buf = crate::disk::piece_writer::PieceBuf::reuse();
+    // A read from memory cannot fail; verification problems are recorded
+    // in the attempt.
+    let _ = landing::land(
+        &mut &head[..length],
+        attempt,
+        request,
+        &mut buf,
+        None,
+        "the first answer",
+    );
 }
 
 /// Work on the active files for `wants`, without waiting.

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use fastdl_protocol::Digest;
 
+use super::outcome::Job;
+
 /// What went wrong with a source, as far as the engine's decisions go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trouble {
@@ -61,14 +63,14 @@ pub trait Source: Send + Sync {
     /// Why this source cannot be used at all, if that is known.
     fn fatal(&self) -> Option<String>;
 
-    /// Pushes a whole file over streams of its own (fastdl's `--plan`),
+    /// Pushes a whole file over streams of its own (fastdl's `--plan`; an
+    /// HTTP server without ranges sends it whole),
     /// handing each piece that arrives to `land` (which reads exactly the
     /// piece's bytes and says whether it landed). `None`: this source
     /// cannot push; the pieces are fetched as usual.
     fn push(
         &self,
-        _remote: &str,
-        _size: u64,
+        _file: &Job,
         _land: &(dyn Fn(&mut dyn Read, u64) -> std::io::Result<bool> + Sync),
     ) -> Option<Result<(), SourceError>> {
         None
@@ -78,12 +80,12 @@ pub trait Source: Send + Sync {
 /// One connection to a source. Requests are answered in the order they
 /// were made.
 pub trait Channel: Send {
-    /// Asks for `length` bytes of file `remote` from `offset`.
-    fn ask_range(&mut self, remote: &str, offset: u64, length: u64) -> Result<(), SourceError>;
+    /// Asks for `length` bytes of `file` from `offset`.
+    fn ask_range(&mut self, file: &Job, offset: u64, length: u64) -> Result<(), SourceError>;
 
-    /// Asks for the per-piece digests of file `remote` (sources that have
-    /// none answer the request with an error).
-    fn ask_digests(&mut self, remote: &str) -> Result<(), SourceError>;
+    /// Asks for the per-piece digests of `file` (only asked of sources
+    /// whose jobs say they have them: [`Job::per_piece`]).
+    fn ask_digests(&mut self, file: &Job) -> Result<(), SourceError>;
 
     /// Waits for the answer to the oldest request, a range of `length`
     /// bytes; its bytes are then read from [`Self::body`], exactly
@@ -93,13 +95,14 @@ pub trait Channel: Send {
     /// The bytes of the range [`Self::await_range`] waited for.
     fn body(&mut self) -> &mut dyn Read;
 
-    /// Reads the answer to the oldest request, the digests of a file of
-    /// `size` bytes.
-    fn read_digests(&mut self, remote: &str, size: u64) -> Result<Vec<Digest>, SourceError>;
+    /// Reads the answer to the oldest request, the digests of `file`.
+    fn read_digests(&mut self, file: &Job) -> Result<Vec<Digest>, SourceError>;
 
     /// The round trip seen when connecting.
     fn rtt(&self) -> Duration;
 
-    /// The socket, to cut the connection from another thread.
-    fn socket(&self) -> &TcpStream;
+    /// The socket, to cut the connection from another thread (the end
+    /// game cuts connections left receiving copies nobody needs); `None`
+    /// if the connection cannot be reached (it then finishes its answer).
+    fn socket(&self) -> Option<&TcpStream>;
 }

@@ -187,7 +187,10 @@ impl Worker {
                     }
                     let attempt = asked.attempt();
                     if !self.held.contains_key(&key(attempt)) {
-                        attempt.leftovers.waiting(self.me, self.channel().socket());
+                        let me = self.me;
+                        if let Some(socket) = live(&mut self.conn).socket() {
+                            attempt.leftovers.waiting(me, socket);
+                        }
                     }
                     *self.held.entry(key(attempt)).or_insert(0) += 1;
                     self.flight.push_back(asked);
@@ -206,12 +209,11 @@ impl Worker {
         if self.conn.is_none() {
             self.conn = Some(self.src.connect()?);
         }
-        let remote = asked.attempt().remote().to_owned();
         match asked {
-            Asked::Digests(_) => self.channel().ask_digests(&remote),
+            Asked::Digests(attempt) => self.channel().ask_digests(&attempt.job),
             Asked::Piece(attempt, request) => {
                 let (offset, length) = piece_range(attempt.size(), request.piece);
-                self.channel().ask_range(&remote, offset, length)
+                self.channel().ask_range(&attempt.job, offset, length)
             }
         }
     }
@@ -220,14 +222,11 @@ impl Worker {
     fn receive(&mut self, asked: Asked) {
         let source_name = self.src.name().to_owned();
         let result = match &asked {
-            Asked::Digests(attempt) => {
-                let (remote, size) = (attempt.remote().to_owned(), attempt.size());
-                self.channel().read_digests(&remote, size).map(|digests| {
-                    attempt.digests_arrived(digests, &source_name);
-                    self.shared.finish(attempt);
-                    self.shared.notify();
-                })
-            }
+            Asked::Digests(attempt) => self.channel().read_digests(&attempt.job).map(|digests| {
+                attempt.digests_arrived(digests, &source_name);
+                self.shared.finish(attempt);
+                self.shared.notify();
+            }),
             Asked::Piece(attempt, request) => {
                 let length = piece_range(attempt.size(), request.piece).1;
                 let shared = Arc::clone(&self.shared);
@@ -364,9 +363,17 @@ impl Worker {
             }
             Ok(landed == Landed::Yes)
         };
-        let pushed = self.src.push(attempt.remote(), attempt.size(), &land);
+        let pushed = self.src.push(&attempt.job, &land);
         match pushed {
             Some(Err(e)) if e.trouble == Trouble::Changed => attempt.stop(Stop::Changed(e)),
+            // Nothing can fetch what is missing piece by piece.
+            Some(Err(e)) if !attempt.job.ranges => {
+                self.src.note(&e);
+                attempt.stop(Stop::Failed(FileError::Source {
+                    server: name.clone(),
+                    cause: e,
+                }));
+            }
             Some(Err(e)) => {
                 self.src.note(&e);
                 log::warn!(

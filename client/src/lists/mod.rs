@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::select;
 use fastdl_protocol::{Listing, ProtocolError};
+use fastdl_support::human_bytes;
 use log::{info, warn};
 
 use crate::net::connection::RequestError;
@@ -47,6 +48,13 @@ impl Lists {
                     *slot = None;
                 }
             }
+        }
+    }
+
+    /// No list of any of `servers` servers known yet.
+    pub fn empty(servers: usize) -> Lists {
+        Lists {
+            by_server: vec![None; servers],
         }
     }
 
@@ -99,4 +107,40 @@ pub fn fetch_all(
             .map(|r| r.unwrap_or_else(lost))
             .collect(),
     )
+}
+
+/// Prints the list (merged over all servers, marking names not every server
+/// holds and names the servers disagree on).
+pub fn print(lists: &[Option<Listing>]) {
+    let merged = vote::merge(lists);
+    let reachable = lists.iter().filter(|l| l.is_some()).count();
+    if lists.len() == 1 {
+        println!("{} files on the server:", merged.len());
+    } else {
+        println!(
+            "{} files on {reachable} of {} servers:",
+            merged.len(),
+            lists.len()
+        );
+    }
+    for (i, entry) in merged.iter().enumerate() {
+        let mut marks = Vec::new();
+        if lists.len() > 1 && entry.held_by < lists.len() {
+            marks.push(format!("on {} of {} servers", entry.held_by, lists.len()));
+        }
+        if entry.conflict {
+            marks.push("servers disagree on its content".to_owned());
+        }
+        let marks = if marks.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", marks.join("; "))
+        };
+        println!(
+            "{}) {}  {}{marks}",
+            i + 1,
+            entry.name,
+            human_bytes(entry.size)
+        );
+    }
 }

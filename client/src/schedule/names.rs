@@ -1,7 +1,7 @@
-//! One state per name, and the rules that move a name from one state to
-//! the next: pure functions of the vote, the outcome, the policy and the
-//! time (passed in), so that the scheduler's decisions are tested without
-//! a server.
+//! One state per line of input.txt (a name or a URL), and the rules that
+//! move it from one state to the next: pure functions of the vote, the
+//! probe, the outcome, the policy and the time (passed in), so that the
+//! scheduler's decisions are tested without a server.
 
 use std::time::{Duration, Instant};
 
@@ -11,9 +11,13 @@ use crate::download::outcome::{Job, Outcome};
 use crate::lists::vote::Vote;
 use crate::retry::Backoff;
 
-/// What the scheduler knows of one name, in one place.
+/// What the scheduler knows of one name or URL, in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
+    /// A URL waiting for a free probe slot.
+    Queued { attempts: u32 },
+    /// A URL being probed, for its `attempt`-th try.
+    Probing { attempt: u32 },
     /// Handed to the engine, for its `attempt`-th try; `job` is what the
     /// servers agreed the file is.
     Running { attempt: u32, job: Job },
@@ -52,15 +56,23 @@ pub enum Placement {
 }
 
 /// Places a name given the `vote` of `servers` servers on it; `shown`
-/// names a server by index.
-pub fn place(vote: Vote, servers: usize, shown: &dyn Fn(usize) -> String, once: bool) -> Placement {
+/// names a server by index; `unreachable` says why no server's list is
+/// known, if none is.
+pub fn place(
+    vote: Vote,
+    servers: usize,
+    shown: &dyn Fn(usize) -> String,
+    unreachable: Option<&str>,
+    once: bool,
+) -> Placement {
     let why = match vote {
         Vote::Agreed { entry, servers, .. } => {
-            return Placement::Start(Job {
-                entry,
-                sources: servers,
-            })
+            return Placement::Start(Job::listed(entry, servers))
         }
+        Vote::NotListed if unreachable.is_some() => format!(
+            "cannot get the list from the server ({})",
+            unreachable.unwrap_or_default()
+        ),
         Vote::NotListed if servers == 1 => "not listed by the server".to_owned(),
         Vote::NotListed => "not listed by any server".to_owned(),
         Vote::NoMajority(claims) => {
@@ -116,6 +128,29 @@ pub fn after(outcome: &Outcome, attempt: u32, policy: &Policy, now: Instant) -> 
         }
         Outcome::Failed(_) => Next::RetryAt(now + policy.backoff.wait(attempt)),
     }
+}
+
+/// The rule after probe number `attempt` of a URL failed (`permanent`:
+/// the server said the file is not there or not for us): try again later,
+/// or give up (`--once` out of tries; a permanent failure in `--once`).
+pub fn after_probe(
+    permanent: bool,
+    why: String,
+    attempt: u32,
+    policy: &Policy,
+    now: Instant,
+) -> Next {
+    if policy.once && (permanent || attempt >= policy.retries) {
+        return Next::GiveUp(why);
+    }
+    // Watch mode keeps asking, slowly for a file the server says is not
+    // there (it may appear).
+    let wait = if permanent {
+        policy.backoff.max
+    } else {
+        policy.backoff.wait(attempt)
+    };
+    Next::RetryAt(now + wait)
 }
 
 /// Whether `vote` still agrees on exactly the file `job` fetched (after
@@ -178,20 +213,23 @@ mod tests {
             dissenters: vec![(1, 2, Digest::of(b"y"))],
         };
         assert_eq!(
-            place(vote.clone(), 3, &shown, true),
-            Placement::Start(Job {
-                entry: entry("a"),
-                sources: vec![0, 2]
-            })
+            place(vote.clone(), 3, &shown, None, true),
+            Placement::Start(Job::listed(entry("a"), vec![0, 2]))
         );
         assert_eq!(dissenters(&vote).len(), 1);
         assert_eq!(
-            place(Vote::NotListed, 1, &shown, false),
+            place(Vote::NotListed, 1, &shown, None, false),
             Placement::Wait("not listed by the server".into())
         );
+        match place(Vote::NotListed, 1, &shown, Some("refused"), true) {
+            Placement::Fail(why) => {
+                assert!(why.contains("cannot get the list") && why.contains("refused"))
+            }
+            other => panic!("{other:?}"),
+        }
         let no_majority =
             Vote::NoMajority(vec![(0, 1, Digest::of(b"a")), (1, 1, Digest::of(b"b"))]);
-        match place(no_majority, 2, &shown, true) {
+        match place(no_majority, 2, &shown, None, true) {
             Placement::Fail(why) => assert!(why.contains("s0 says") && why.contains("s1 says")),
             other => panic!("{other:?}"),
         }
@@ -250,11 +288,30 @@ mod tests {
     }
 
     #[test]
-    fn the_same_file_is_recognised_after_a_change_report() {
-        let job = Job {
-            entry: entry("a"),
-            sources: vec![0],
+    fn a_failed_probe_is_retried_and_a_missing_file_waits_long_or_fails_at_once() {
+        let now = Instant::now();
+        let why = || "HTTP 404".to_owned();
+        assert!(matches!(
+            after_probe(true, why(), 1, &policy(true), now),
+            Next::GiveUp(_)
+        ));
+        assert_eq!(
+            after_probe(true, why(), 1, &policy(false), now),
+            Next::RetryAt(now + Duration::from_secs(60))
+        );
+        let Next::RetryAt(at) = after_probe(false, why(), 1, &policy(true), now) else {
+            panic!()
         };
+        assert!(at < now + Duration::from_secs(3));
+        assert!(matches!(
+            after_probe(false, why(), 3, &policy(true), now),
+            Next::GiveUp(_)
+        ));
+    }
+
+    #[test]
+    fn the_same_file_is_recognised_after_a_change_report() {
+        let job = Job::listed(entry("a"), vec![0]);
         let same = Vote::Agreed {
             entry: entry("a"),
             servers: vec![0],

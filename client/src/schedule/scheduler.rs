@@ -1,33 +1,41 @@
-//! The scheduler: turns names from input.txt into jobs for the engine and
-//! decides what happens after each attempt (done, try again later, wait
-//! for the name to be listed, give up), keeping one [`State`] per name.
-//! It waits on four things at once (new names, outcomes, the time of the
-//! next retry or list fetch, shutdown), so it never polls.
+//! The scheduler: turns the lines of input.txt into jobs for the engine
+//! and decides what happens after each attempt (done, try again later,
+//! wait for a name to be listed, give up), keeping one [`State`] per line.
+//!
+//! A name is placed by the servers' lists (the majority vote between
+//! mirrors); a URL is probed first (`sources::http::probe`), which names
+//! and sizes it. Two lines that would land under the same name are never
+//! downloaded at the same time (their part files would be one file).
+//! The loop waits on five things at once (new lines, outcomes, probe
+//! results, the time of the next retry or list fetch, shutdown), so it
+//! never polls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
-use fastdl_protocol::validate_name;
+use fastdl_protocol::Entry;
 use fastdl_support::printable;
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
+use super::item::Item;
 use super::names::{self, Next, Placement, Policy, State};
 use crate::download::outcome::{Job, Outcome};
 use crate::download::Engine;
-use crate::lists::vote::vote;
+use crate::lists::vote::{vote, Vote};
 use crate::lists::{fetch_all, Lists};
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
 use crate::sources::fastdl::Server;
+use crate::sources::http::probe::{ProbeError, Probed, Prober};
 
 /// What a finished run amounts to.
 #[derive(Debug, Default)]
 pub struct Summary {
     pub downloaded: usize,
     pub already_had: usize,
-    /// Names given up on, and why.
+    /// Lines given up on (their name or URL), and why.
     pub failed: Vec<(String, String)>,
     pub cancelled: bool,
     /// Why the run had to stop (a server no retry can help with).
@@ -42,62 +50,100 @@ enum Voice {
     Quiet,
 }
 
+/// The web side: which engine source fetches URLs, the probes, and how
+/// many URLs may be between their probe and their outcome at once (each
+/// may hold up to a piece of memory: its first bytes).
+pub struct Web {
+    pub source: usize,
+    pub prober: Prober,
+    pub slots: usize,
+}
+
+/// What the scheduler works with.
+pub struct Parts {
+    pub engine: Engine,
+    pub servers: Vec<Arc<Server>>,
+    pub web: Web,
+    pub lists: Lists,
+    /// Why no server's list is known, if none is.
+    pub unreachable: Option<String>,
+    pub outcomes: Receiver<(Job, Outcome)>,
+    pub progress: Arc<Progress>,
+}
+
+/// What ended a try at a line.
+enum Ended<'a> {
+    /// A download attempt, with its outcome.
+    Download(&'a Job, &'a Outcome),
+    /// A probe, and why it failed.
+    Probe(String),
+}
+
+/// One line of input.txt and where it stands.
+struct Tracked {
+    item: Item,
+    state: State,
+}
+
 /// The scheduler of one run.
 pub struct Scheduler {
-    engine: Engine,
-    servers: Vec<Arc<Server>>,
-    lists: Lists,
+    parts: Parts,
     policy: Policy,
     shutdown: Arc<Shutdown>,
-    outcomes: Receiver<(Job, Outcome)>,
-    progress: Arc<Progress>,
-    names: HashMap<String, State>,
+    items: HashMap<String, Tracked>,
+    /// URLs waiting for a probe slot, in the order they came.
+    url_queue: VecDeque<String>,
+    /// URLs being probed or downloaded.
+    url_busy: usize,
+    /// The last failure reported per line (a failure is reported once).
+    reported: HashMap<String, String>,
     next_refresh: Instant,
     summary: Summary,
 }
 
+/// How long a line waits when another one is landing under the same name.
+const SAME_NAME_WAIT: Duration = Duration::from_millis(500);
+
 impl Scheduler {
-    pub fn new(
-        engine: Engine,
-        servers: Vec<Arc<Server>>,
-        lists: Lists,
-        policy: Policy,
-        shutdown: Arc<Shutdown>,
-        outcomes: Receiver<(Job, Outcome)>,
-        progress: Arc<Progress>,
-    ) -> Scheduler {
+    pub fn new(parts: Parts, policy: Policy, shutdown: Arc<Shutdown>) -> Scheduler {
         Scheduler {
-            engine,
-            servers,
-            lists,
+            parts,
             policy,
             shutdown,
-            outcomes,
-            progress,
-            names: HashMap::new(),
+            items: HashMap::new(),
+            url_queue: VecDeque::new(),
+            url_busy: 0,
+            reported: HashMap::new(),
             next_refresh: Instant::now(),
             summary: Summary::default(),
         }
     }
 
-    /// Runs until shutdown, or in `--once` mode until every name is settled.
+    /// Runs until shutdown, or in `--once` mode until every line is settled.
     pub fn run(mut self, mut input: Receiver<Vec<String>>) -> Summary {
         let mut input_open = true;
+        let outcomes = self.parts.outcomes.clone();
+        let probes = self.parts.web.prober.results.clone();
         loop {
             let deadline = self.next_deadline();
             let timeout = deadline.map_or(crossbeam_channel::never(), crossbeam_channel::at);
             select! {
                 recv(input) -> batch => match batch {
-                    Ok(batch) => self.add_names(batch),
+                    Ok(batch) => self.add_lines(batch),
                     Err(_) => {
                         // A closed channel is always ready: stop selecting on it.
                         input_open = false;
                         input = crossbeam_channel::never();
                     }
                 },
-                recv(self.outcomes) -> outcome => {
+                recv(outcomes) -> outcome => {
                     if let Ok((job, outcome)) = outcome {
                         self.settle(job, outcome);
+                    }
+                },
+                recv(probes) -> probed => {
+                    if let Ok((key, result)) = probed {
+                        self.probed(key, result);
                     }
                 },
                 recv(self.shutdown.signal()) -> _ => {},
@@ -107,7 +153,7 @@ impl Scheduler {
                 self.summary.cancelled = true;
                 break;
             }
-            if let Some(why) = self.engine.fatal() {
+            if let Some(why) = self.parts.engine.fatal() {
                 self.summary.fatal = Some(why);
                 break;
             }
@@ -119,101 +165,189 @@ impl Scheduler {
         self.summary
     }
 
-    /// Whether some name is still being downloaded or will be retried.
+    fn state(&self, key: &str) -> Option<&State> {
+        self.items.get(key).map(|t| &t.state)
+    }
+
+    fn set(&mut self, key: &str, state: State) {
+        if let Some(tracked) = self.items.get_mut(key) {
+            tracked.state = state;
+        }
+    }
+
+    /// Whether some line is still on its way or will be retried.
     fn busy(&self) -> bool {
-        self.names
-            .values()
-            .any(|s| matches!(s, State::Running { .. } | State::Retry { .. }))
+        self.items.values().any(|t| {
+            matches!(
+                t.state,
+                State::Running { .. }
+                    | State::Retry { .. }
+                    | State::Probing { .. }
+                    | State::Queued { .. }
+            )
+        })
     }
 
     /// When the loop must look again without being woken: the next retry,
     /// or the next list fetch while names wait for the servers.
     fn next_deadline(&self) -> Option<Instant> {
         let retry = self
-            .names
+            .items
             .values()
-            .filter_map(|s| match s {
-                State::Retry { at, .. } => Some(*at),
+            .filter_map(|t| match t.state {
+                State::Retry { at, .. } => Some(at),
                 _ => None,
             })
             .min();
-        let waiting = self
-            .names
-            .values()
-            .any(|s| matches!(s, State::Waiting { .. }));
-        let refresh = waiting.then_some(self.next_refresh);
+        let refresh = self.names_waiting().then_some(self.next_refresh);
         retry.into_iter().chain(refresh).min()
+    }
+
+    fn names_waiting(&self) -> bool {
+        self.items
+            .values()
+            .any(|t| matches!(t.state, State::Waiting { .. }))
     }
 
     /// Retries that are due, and the list fetch they (or waiting names) call for.
     fn on_time(&mut self, now: Instant) {
         let due: Vec<String> = self
-            .names
+            .items
             .iter()
-            .filter(|(_, s)| matches!(s, State::Retry { at, .. } if *at <= now))
-            .map(|(n, _)| n.clone())
+            .filter(|(_, t)| matches!(t.state, State::Retry { at, .. } if at <= now))
+            .map(|(key, _)| key.clone())
             .collect();
-        let waiting = self
-            .names
-            .values()
-            .any(|s| matches!(s, State::Waiting { .. }));
-        if (!due.is_empty() || waiting) && now >= self.next_refresh {
+        let names_due = due
+            .iter()
+            .any(|key| matches!(self.items[key].item, Item::Name(_)));
+        if (names_due || self.names_waiting()) && now >= self.next_refresh {
             self.refresh();
         }
         if due.is_empty() {
             return;
         }
-        for name in due {
-            self.place(name, Voice::Quiet);
+        for key in due {
+            let Some(State::Retry { attempts, .. }) = self.state(&key).cloned() else {
+                continue;
+            };
+            match self.items[&key].item.clone() {
+                Item::Name(_) => self.place(key, Voice::Quiet),
+                Item::Url { .. } => self.queue_url(key, attempts),
+            }
         }
         self.show_totals();
     }
 
-    fn add_names(&mut self, names: Vec<String>) {
-        for name in names {
-            if self.names.contains_key(&name) {
-                continue;
-            }
-            if let Err(e) = validate_name(&name) {
-                let shown = printable(&name).into_owned();
-                warn!("{shown}: not a valid name ({e}); ignored");
-                let why = format!("not a valid name: {e}");
-                if self.policy.once {
-                    self.summary.failed.push((shown, why.clone()));
+    fn add_lines(&mut self, lines: Vec<String>) {
+        for line in lines {
+            let item = match Item::parse(&line) {
+                Ok(item) => item,
+                Err(why) => {
+                    self.refuse_line(line, why);
+                    continue;
                 }
-                self.names.insert(name, State::Failed { why });
+            };
+            let key = item.key().to_owned();
+            if self.items.contains_key(&key) {
                 continue;
             }
-            self.place(name, Voice::Loud);
+            if let Item::Name(name) = &item {
+                if let Err(e) = fastdl_protocol::validate_name(name) {
+                    self.refuse_line(line, format!("not a valid name: {e}"));
+                    continue;
+                }
+            }
+            let is_url = matches!(item, Item::Url { .. });
+            self.items.insert(
+                key.clone(),
+                Tracked {
+                    item,
+                    state: State::Queued { attempts: 0 },
+                },
+            );
+            if is_url {
+                self.queue_url(key, 0);
+            } else {
+                self.place(key, Voice::Loud);
+            }
         }
         self.show_totals();
+    }
+
+    /// A line that asks for nothing the client can fetch.
+    fn refuse_line(&mut self, line: String, why: String) {
+        if self.items.contains_key(&line) {
+            return;
+        }
+        let shown = printable(&line).into_owned();
+        warn!("{shown}: {why}; ignored");
+        if self.policy.once {
+            self.summary.failed.push((shown, why.clone()));
+        }
+        self.items.insert(
+            line.clone(),
+            Tracked {
+                item: Item::Name(line),
+                state: State::Failed { why },
+            },
+        );
     }
 
     fn shown(&self, server: usize) -> String {
-        self.servers[server].addr().to_string()
+        self.parts.servers[server].addr().to_string()
     }
 
-    /// Decides what to do with a name now: start it with the servers
-    /// that agree on it, let it wait for the servers, or (`--once`) fail it.
-    fn place(&mut self, name: String, report: Voice) {
-        let vote = vote(&name, &self.lists.by_server);
-        let was = self.names.get(&name).cloned();
+    /// Whether another line is downloading into `name` now.
+    fn lands_at(&self, name: &str, except: &str) -> bool {
+        self.items.iter().any(|(key, t)| {
+            key != except
+                && matches!(&t.state, State::Running { job, .. } if job.entry.name == name)
+        })
+    }
+
+    /// Hands `job` to the engine for `key`'s `attempt`-th try, unless
+    /// another line lands under the same name now (then it waits a moment).
+    fn start(&mut self, key: String, job: Job, attempt: u32) {
+        if self.lands_at(&job.entry.name, &key) {
+            debug!(
+                "{key}: another download lands as {} now; waiting for it",
+                job.entry.name
+            );
+            if matches!(self.items[&key].item, Item::Url { .. }) {
+                // Its probe slot frees; it is queued again when due.
+                self.url_busy -= 1;
+            }
+            let at = Instant::now() + SAME_NAME_WAIT;
+            self.set(
+                &key,
+                State::Retry {
+                    at,
+                    attempts: attempt - 1,
+                },
+            );
+            return;
+        }
+        self.parts.engine.submit(job.clone());
+        self.set(&key, State::Running { attempt, job });
+    }
+
+    /// Decides what to do with a name now: start it with the servers that
+    /// agree on it, let it wait for the servers, or (`--once`) fail it.
+    fn place(&mut self, name: String, voice: Voice) {
+        let vote = vote(&name, &self.parts.lists.by_server);
+        let was = self.state(&name).cloned();
         let shown = |s: usize| self.shown(s);
-        let placement = names::place(vote.clone(), self.servers.len(), &shown, self.policy.once);
+        let placement = names::place(
+            vote.clone(),
+            self.parts.servers.len(),
+            &shown,
+            self.parts.unreachable.as_deref(),
+            self.policy.once,
+        );
         let was_waiting = matches!(was, Some(State::Waiting { .. }));
-        if report == Voice::Loud || was_waiting {
+        if voice == Voice::Loud || was_waiting {
             if let Placement::Start(job) = &placement {
-                for (s, size, digest) in names::dissenters(&vote) {
-                    warn!(
-                        "{name}: server {} claims {size} bytes with digest {digest}, but {} of {} servers listing it \
-                         say {} bytes with digest {}; not using it for this file",
-                        self.shown(*s),
-                        job.sources.len(),
-                        job.sources.len() + names::dissenters(&vote).len(),
-                        job.entry.size,
-                        job.entry.digest
-                    );
-                }
+                self.log_dissenters(&name, &vote, job);
             }
         }
         match placement {
@@ -225,37 +359,137 @@ impl Scheduler {
                     Some(State::Retry { attempts, .. }) => attempts + 1,
                     _ => 1,
                 };
-                self.engine.submit(job.clone());
-                self.names.insert(name, State::Running { attempt, job });
+                self.start(name, job, attempt);
             }
             Placement::Fail(why) => {
                 warn!("{name}: {why}");
                 self.summary.failed.push((name.clone(), why.clone()));
-                self.names.insert(name, State::Failed { why });
+                self.set(&name, State::Failed { why });
             }
             Placement::Wait(why) => {
                 let changed = !matches!(&was, Some(State::Waiting { why: old }) if *old == why);
-                if report == Voice::Loud || changed {
+                if voice == Voice::Loud || changed {
                     warn!("{name}: {why}; will check again when the list is re-fetched");
                 }
-                self.names.insert(name, State::Waiting { why });
+                self.set(&name, State::Waiting { why });
             }
         }
     }
 
-    fn settle(&mut self, job: Job, outcome: Outcome) {
-        let name = job.entry.name.clone();
-        let Some(State::Running {
-            attempt,
-            job: running,
-        }) = self.names.get(&name).cloned()
+    fn log_dissenters(&self, name: &str, vote: &Vote, job: &Job) {
+        let dissenters = names::dissenters(vote);
+        for (s, size, digest) in dissenters {
+            warn!(
+                "{name}: server {} claims {size} bytes with digest {digest}, but {} of {} servers listing it \
+                 say {} bytes with digest {}; not using it for this file",
+                self.shown(*s),
+                job.sources.len(),
+                job.sources.len() + dissenters.len(),
+                job.entry.size,
+                job.entry.digest
+            );
+        }
+    }
+
+    /// Queues a URL for a probe (after `attempts` failed tries), and starts
+    /// the probes there is room for.
+    fn queue_url(&mut self, key: String, attempts: u32) {
+        self.set(&key, State::Queued { attempts });
+        self.url_queue.push_back(key);
+        self.start_probes();
+    }
+
+    fn start_probes(&mut self) {
+        while self.url_busy < self.parts.web.slots {
+            let Some(key) = self.url_queue.pop_front() else {
+                return;
+            };
+            let Some(Tracked {
+                item: Item::Url { url, .. },
+                state: State::Queued { attempts },
+            }) = self.items.get(&key)
+            else {
+                continue;
+            };
+            let (url, attempt) = (url.clone(), attempts + 1);
+            self.parts.web.prober.ask(&key, &url);
+            self.url_busy += 1;
+            self.set(&key, State::Probing { attempt });
+        }
+    }
+
+    /// A URL's probe came back: start its download, or decide when to try
+    /// again.
+    fn probed(&mut self, key: String, result: Result<Probed, ProbeError>) {
+        let Some(Tracked {
+            item: Item::Url { check, .. },
+            state: State::Probing { attempt },
+        }) = self.items.get(&key)
         else {
             return;
         };
+        let (check, attempt) = (check.clone(), *attempt);
+        match result {
+            Ok(probed) => {
+                let job = Job {
+                    entry: Entry {
+                        name: probed.name,
+                        size: probed.size,
+                        digest: probed.version,
+                    },
+                    remote: probed.url,
+                    sources: vec![self.parts.web.source],
+                    check: check.or(probed.announced),
+                    per_piece: false,
+                    ranges: probed.ranges,
+                    head: probed.head,
+                    validator: probed.validator,
+                };
+                if !job.ranges && job.entry.size > fastdl_protocol::PIECE_SIZE {
+                    info!(
+                        "{key}: the server does not serve ranges; fetching it over one connection"
+                    );
+                }
+                self.start(key, job, attempt);
+            }
+            Err(e) => {
+                self.url_busy -= 1;
+                let why = e.to_string();
+                let next = names::after_probe(
+                    e.is_permanent(),
+                    why.clone(),
+                    attempt,
+                    &self.policy,
+                    Instant::now(),
+                );
+                self.follow(&key, next, attempt, Ended::Probe(why));
+                self.start_probes();
+            }
+        }
+        self.show_totals();
+    }
+
+    /// An attempt ended.
+    fn settle(&mut self, job: Job, outcome: Outcome) {
+        let key = self
+            .items
+            .iter()
+            .find(|(_, t)| matches!(&t.state, State::Running { job: j, .. } if *j == job))
+            .map(|(key, _)| key.clone());
+        let Some(key) = key else {
+            return;
+        };
+        let Some(State::Running { attempt, .. }) = self.state(&key).cloned() else {
+            return;
+        };
+        let is_url = matches!(self.items[&key].item, Item::Url { .. });
+        if is_url {
+            self.url_busy -= 1;
+        }
         match &outcome {
             Outcome::AlreadyHad(path) => {
                 info!(
-                    "{name}: already in place as {} (same digest); skipped",
+                    "{key}: already in place as {} (same digest); skipped",
                     path.display()
                 );
                 self.summary.already_had += 1;
@@ -263,28 +497,41 @@ impl Scheduler {
             Outcome::Landed => self.summary.downloaded += 1,
             _ => {}
         }
+        let next = names::after(&outcome, attempt, &self.policy, Instant::now());
+        self.follow(&key, next, attempt, Ended::Download(&job, &outcome));
+        if is_url {
+            self.start_probes();
+        }
+        self.show_totals();
+    }
+
+    /// Applies the rule's verdict `next` to `key` after its `attempt`-th
+    /// try ended as `ended`.
+    fn follow(&mut self, key: &str, next: Next, attempt: u32, ended: Ended<'_>) {
         let now = Instant::now();
-        match names::after(&outcome, attempt, &self.policy, now) {
-            Next::Done => {
-                self.names.insert(name, State::Done);
-            }
+        match next {
+            Next::Done => self.set(key, State::Done),
             Next::Stay => {}
             Next::GiveUp(why) => {
-                error!("{name}: {why}; giving up");
-                self.summary.failed.push((name.clone(), why.clone()));
-                self.names.insert(name, State::Failed { why });
+                error!("{key}: {why}; giving up");
+                self.summary.failed.push((key.to_owned(), why.clone()));
+                self.set(key, State::Failed { why });
             }
             Next::RetryAt(at) => {
-                let why = match &outcome {
-                    Outcome::Failed(e) => e.to_string(),
-                    _ => String::new(),
+                let why = match ended {
+                    Ended::Download(_, Outcome::Failed(e)) => e.to_string(),
+                    Ended::Download(..) => String::new(),
+                    Ended::Probe(why) => why,
                 };
-                warn!(
-                    "{name}: {why}; trying again in {:.0} s",
-                    at.saturating_duration_since(now).as_secs_f64()
-                );
-                self.names.insert(
-                    name,
+                if self.reported.get(key) != Some(&why) {
+                    warn!(
+                        "{key}: {why}; trying again in {:.0} s",
+                        at.saturating_duration_since(now).as_secs_f64()
+                    );
+                    self.reported.insert(key.to_owned(), why);
+                }
+                self.set(
+                    key,
                     State::Retry {
                         at,
                         attempts: attempt,
@@ -292,42 +539,77 @@ impl Scheduler {
                 );
             }
             Next::Refresh { same_again_at } => {
-                if let Outcome::Changed(e) = &outcome {
-                    info!("{name}: {e}; fetching the list again");
-                }
-                self.refresh();
-                let now_listed = vote(&name, &self.lists.by_server);
-                self.names.insert(
-                    name.clone(),
-                    State::Retry {
-                        at: same_again_at,
-                        attempts: attempt,
-                    },
-                );
-                if !names::same_file(&now_listed, &running) {
-                    if matches!(now_listed, crate::lists::vote::Vote::Agreed { .. }) {
-                        info!("{name}: the server has a new version; starting it again");
-                    }
-                    self.place(name, Voice::Loud);
-                }
+                self.refresh_after_change(key, same_again_at, attempt, ended)
             }
         }
-        self.show_totals();
+    }
+
+    /// A source said the file changed: a URL is probed again; a name's
+    /// lists are fetched again, and it starts over if they list another
+    /// version now (else it is tried again shortly: the server may not
+    /// have rescanned yet).
+    fn refresh_after_change(
+        &mut self,
+        key: &str,
+        same_again_at: Instant,
+        attempt: u32,
+        ended: Ended<'_>,
+    ) {
+        let is_url = matches!(self.items[key].item, Item::Url { .. });
+        if let Ended::Download(_, Outcome::Changed(e)) = ended {
+            let next = if is_url {
+                "asking for it again"
+            } else {
+                "fetching the list again"
+            };
+            info!("{key}: {e}; {next}");
+        }
+        if is_url {
+            self.queue_url(key.to_owned(), attempt);
+            return;
+        }
+        self.refresh();
+        let now_listed = vote(key, &self.parts.lists.by_server);
+        self.set(
+            key,
+            State::Retry {
+                at: same_again_at,
+                attempts: attempt,
+            },
+        );
+        let same = matches!(ended, Ended::Download(job, _) if names::same_file(&now_listed, job));
+        if !same {
+            if matches!(now_listed, Vote::Agreed { .. }) {
+                info!("{key}: the server has a new version; starting it again");
+            }
+            self.place(key.to_owned(), Voice::Loud);
+        }
     }
 
     /// Fetches every server's list again and places the waiting names anew
     /// (nothing if shutdown came first).
     fn refresh(&mut self) {
         self.next_refresh = Instant::now() + self.policy.poll;
-        let Some(fetched) = fetch_all(&self.servers, &self.shutdown) else {
+        let Some(fetched) = fetch_all(&self.parts.servers, &self.shutdown) else {
             return;
         };
-        self.lists.update(&self.servers, fetched);
-        let waiting: Vec<String> = self
-            .names
+        let errors: Vec<String> = fetched
             .iter()
-            .filter(|(_, s)| matches!(s, State::Waiting { .. }))
-            .map(|(n, _)| n.clone())
+            .zip(&self.parts.servers)
+            .filter_map(|(r, s)| r.as_ref().err().map(|e| format!("{}: {e}", s.addr())))
+            .collect();
+        self.parts.lists.update(&self.parts.servers, fetched);
+        let was_unreachable = self.parts.unreachable.is_some();
+        self.parts.unreachable = (!self.parts.lists.any()).then(|| errors.join("; "));
+        if was_unreachable && self.parts.unreachable.is_none() {
+            // The list the client could not show at start.
+            crate::lists::print(&self.parts.lists.by_server);
+        }
+        let waiting: Vec<String> = self
+            .items
+            .iter()
+            .filter(|(_, t)| matches!(t.state, State::Waiting { .. }))
+            .map(|(key, _)| key.clone())
             .collect();
         for name in waiting {
             self.place(name, Voice::Quiet);
@@ -338,16 +620,19 @@ impl Scheduler {
     /// The progress display's total line, from the states now.
     fn show_totals(&self) {
         let (mut done, mut total) = (0, 0);
-        for state in self.names.values() {
-            match state {
+        for tracked in self.items.values() {
+            match tracked.state {
                 State::Done => {
                     done += 1;
                     total += 1;
                 }
-                State::Running { .. } | State::Retry { .. } => total += 1,
+                State::Running { .. }
+                | State::Retry { .. }
+                | State::Probing { .. }
+                | State::Queued { .. } => total += 1,
                 _ => {}
             }
         }
-        self.progress.totals(done, total);
+        self.parts.progress.totals(done, total);
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use fastdl_protocol::{Digest, Listing};
 
 use super::fastdl_plan;
+use crate::download::outcome::Job;
 use crate::download::source::{Channel, Source, SourceError, Trouble};
 use crate::net::connection::{Connection, RequestError};
 use crate::net::transport::Endpoint;
@@ -134,11 +135,11 @@ impl Source for Server {
 
     fn push(
         &self,
-        remote: &str,
-        size: u64,
+        file: &Job,
         land: &(dyn Fn(&mut dyn Read, u64) -> std::io::Result<bool> + Sync),
     ) -> Option<Result<(), SourceError>> {
-        Some(fastdl_plan::receive(&self.endpoint, remote, size, land).map_err(classify))
+        let received = fastdl_plan::receive(&self.endpoint, &file.remote, file.entry.size, land);
+        Some(received.map_err(classify))
     }
 }
 
@@ -148,14 +149,14 @@ struct FastdlChannel {
 }
 
 impl Channel for FastdlChannel {
-    fn ask_range(&mut self, remote: &str, offset: u64, length: u64) -> Result<(), SourceError> {
+    fn ask_range(&mut self, file: &Job, offset: u64, length: u64) -> Result<(), SourceError> {
         self.conn
-            .ask_range(remote, offset, length)
+            .ask_range(&file.remote, offset, length)
             .map_err(classify)
     }
 
-    fn ask_digests(&mut self, remote: &str) -> Result<(), SourceError> {
-        self.conn.ask_pieces(remote).map_err(classify)
+    fn ask_digests(&mut self, file: &Job) -> Result<(), SourceError> {
+        self.conn.ask_pieces(&file.remote).map_err(classify)
     }
 
     fn await_range(&mut self, length: u64) -> Result<(), SourceError> {
@@ -166,15 +167,17 @@ impl Channel for FastdlChannel {
         self.conn.data()
     }
 
-    fn read_digests(&mut self, remote: &str, size: u64) -> Result<Vec<Digest>, SourceError> {
-        self.conn.pieces_reply(remote, size).map_err(classify)
+    fn read_digests(&mut self, file: &Job) -> Result<Vec<Digest>, SourceError> {
+        self.conn
+            .pieces_reply(&file.remote, file.entry.size)
+            .map_err(classify)
     }
 
     fn rtt(&self) -> Duration {
         self.conn.rtt()
     }
 
-    fn socket(&self) -> &TcpStream {
-        self.conn.socket()
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.conn.socket())
     }
 }

@@ -3,3 +3,4 @@
 
 pub mod fastdl;
 pub mod fastdl_plan;
+pub mod http;

@@ -21,8 +21,8 @@ fn a_stalled_connection_does_not_hold_up_the_file() {
     let env = Env::new();
     let want = write_file(&env.res.join("big.bin"), 24 * MIB, 7);
     let server = env.server(&[]);
-    // The third connection stops in the middle of its second piece.
-    let proxy = StallProxy::start(server.addr, 2, (3 * MIB / 2) as u64);
+    // One connection stops in the middle of its second piece.
+    let proxy = StallProxy::start(server.addr, (3 * MIB / 2) as u64);
     env.write_input(&["big.bin"]);
     let output = run_with_deadline(
         client(&proxy.addr.to_string(), &env.work).args(["--once", "-v"]),
@@ -40,7 +40,9 @@ fn a_stalled_connection_does_not_hold_up_the_file() {
         "{log}"
     );
     assert!(
-        log.contains("big.bin: done, 24.0 MiB verified, 24.0 MiB fetched"),
+        // (What was fetched may exceed 24 MiB by the part of the copies
+        // that arrived before the first copy landed.)
+        log.contains("big.bin: done, 24.0 MiB verified, "),
         "{log}"
     );
 }

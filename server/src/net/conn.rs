@@ -90,14 +90,42 @@ impl Conn {
         !self.pending.is_empty()
     }
 
-    /// The next request line, within the deadlines.
+    /// The next request line: waits (without a buffer while nothing has
+    /// come) until one is complete, or a deadline passes.
     pub async fn next_line(&mut self, timeouts: LineTimeouts) -> Result<String, LineError> {
         loop {
             if let Some(line) = self.take_line()? {
                 return line;
             }
-            // What is already here first (TLS may hold whole requests
-            // that the socket will not announce again), then wait.
+            self.fill(timeouts).await?;
+        }
+    }
+
+    /// The next HTTP request head (its lines and the blank line after
+    /// them, at most `limit` bytes), under the same deadlines as a request
+    /// line: `idle` for its first byte, `per_line` for the whole head.
+    pub async fn next_head(
+        &mut self,
+        timeouts: LineTimeouts,
+        limit: usize,
+    ) -> Result<Vec<u8>, LineError> {
+        loop {
+            if let Some(end) = head_end(&self.pending) {
+                let head: Vec<u8> = self.pending.drain(..end).collect();
+                self.line_began = (!self.pending.is_empty()).then(Instant::now);
+                return Ok(head);
+            }
+            if self.pending.len() > limit {
+                return Err(LineError::TooLong);
+            }
+            self.fill(timeouts).await?;
+        }
+    }
+
+    /// Reads what has come, waiting for the socket (within the deadlines)
+    /// if nothing has.
+    async fn fill(&mut self, timeouts: LineTimeouts) -> Result<(), LineError> {
+        loop {
             let mut chunk = [0u8; READ_CHUNK];
             match self.io.try_read(&mut chunk) {
                 Ok(0) if self.pending.is_empty() => return Err(LineError::Closed),
@@ -107,7 +135,7 @@ impl Conn {
                         self.line_began = Some(Instant::now());
                     }
                     self.pending.extend_from_slice(&chunk[..n]);
-                    continue;
+                    return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
@@ -126,7 +154,6 @@ impl Conn {
         }
     }
 
-    /// A whole line from what was received, if there is one.
     #[allow(clippy::type_complexity)]
     fn take_line(&mut self) -> Result<Option<Result<String, LineError>>, LineError> {
         match take_line(&self.pending, MAX_REQUEST_LINE) {
@@ -150,6 +177,16 @@ impl Conn {
             }
         }
     }
+}
+
+/// Where an HTTP head ends in `bytes` (after its blank line), if it does.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    crlf.into_iter().chain(lf).min()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::session::serve;
-use super::table::Refusal;
+use super::table::{Refusal, Ticket};
 use super::Ctx;
 use crate::transfer;
 
@@ -47,8 +47,35 @@ pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
         .collect()
 }
 
-/// Accepts on `listener` (the `index`-th port) until shutdown.
+/// Accepts fastdl connections on `listener` (the `index`-th port) until
+/// shutdown; a refused one gets its `ERROR BUSY` line.
 pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, index: usize, shutdown: CancellationToken) {
+    let refusals = Arc::clone(&ctx);
+    accept_each(
+        &ctx,
+        &listener,
+        &shutdown,
+        |stream, peer, ticket| {
+            tokio::spawn(serve(Arc::clone(&ctx), stream, peer, ticket, index));
+        },
+        |stream, refusal| {
+            tokio::spawn(refuse(stream, refusal, Arc::clone(&refusals)));
+        },
+    )
+    .await;
+}
+
+/// The accept loop every listener shares (fastdl's and the HTTP face's):
+/// accepts until shutdown, admits each connection to the one connection
+/// table, and hands it to `admitted` with its ticket, or to `refused`
+/// (counted and logged here).
+pub async fn accept_each(
+    ctx: &Ctx,
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    mut admitted: impl FnMut(TcpStream, SocketAddr, Ticket),
+    mut refused: impl FnMut(TcpStream, Refusal),
+) {
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -65,20 +92,19 @@ pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, index: usize, shutdown: C
         };
         transfer::tune_for_bulk(&stream);
         match ctx.table.admit(peer.ip(), Instant::now()) {
-            Ok((ticket, admitted)) => {
-                if admitted.evicted > 0 {
+            Ok((ticket, room)) => {
+                if room.evicted > 0 {
                     debug!(
                         "{peer}: admitted; {} waiting connection(s) closed to make room",
-                        admitted.evicted
+                        room.evicted
                     );
                 }
-                let ctx = Arc::clone(&ctx);
-                tokio::spawn(serve(ctx, stream, peer, ticket, index));
+                admitted(stream, peer, ticket);
             }
             Err(refusal) => {
                 ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
                 debug!("{peer}: refused: {refusal}");
-                tokio::spawn(refuse(stream, refusal, Arc::clone(&ctx)));
+                refused(stream, refusal);
             }
         }
     }

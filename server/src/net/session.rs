@@ -85,11 +85,10 @@ pub async fn serve(
     port_index: usize,
 ) {
     let port = &ctx.stats.ports[port_index];
-    port.accepted.fetch_add(1, Ordering::Relaxed);
-    port.active.fetch_add(1, Ordering::Relaxed);
+    let _active = port.enter();
+
     let started = Instant::now();
     let Some(io) = set_up(&ctx, stream, peer, &ticket).await else {
-        port.active.fetch_sub(1, Ordering::Relaxed);
         return;
     };
     let mut session = Session {
@@ -143,7 +142,6 @@ pub async fn serve(
             break;
         }
     }
-    port.active.fetch_sub(1, Ordering::Relaxed);
     session.log_summary(started);
 }
 

@@ -5,5 +5,6 @@
 mod flood;
 mod hardening;
 mod hostile;
+mod http;
 mod protocol;
 mod tls;

@@ -1,0 +1,126 @@
+//! One connection's worth of requests to HTTP servers: each range is one
+//! `GET` with `Range` and `If-Range` (HTTP/1.1 connections answer one
+//! request at a time, so the engine keeps one in flight per connection),
+//! and its answer must be exactly the range asked for, of this version of
+//! the file: `206` with the matching `Content-Range`. Anything else tells
+//! the engine what happened (changed, busy, broken) without a byte of it
+//! landing.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use fastdl_protocol::Digest;
+use headers::HeaderMapExt;
+use ureq::http::StatusCode;
+use ureq::Agent;
+
+use super::{classify_error, classify_status, get};
+use crate::download::outcome::Job;
+use crate::download::source::{Channel, SourceError, Trouble};
+use crate::net::pace::SpeedFloor;
+
+/// A range asked for and not sent yet.
+struct Asked {
+    url: String,
+    offset: u64,
+    length: u64,
+    size: u64,
+    validator: Option<String>,
+}
+
+/// Requests to HTTP servers, one at a time, over the agent's kept-alive
+/// connections.
+pub struct HttpChannel {
+    agent: Agent,
+    floor: SpeedFloor,
+    asked: Option<Asked>,
+    body: Box<dyn Read + Send>,
+}
+
+impl HttpChannel {
+    pub fn new(agent: Agent, floor: SpeedFloor) -> HttpChannel {
+        HttpChannel {
+            agent,
+            floor,
+            asked: None,
+            body: Box::new(std::io::empty()),
+        }
+    }
+}
+
+fn unexpected(text: String) -> SourceError {
+    SourceError {
+        trouble: Trouble::Broken,
+        cause: text.into(),
+    }
+}
+
+impl Channel for HttpChannel {
+    fn ask_range(&mut self, file: &Job, offset: u64, length: u64) -> Result<(), SourceError> {
+        // The request goes out when its answer is awaited: nothing can be
+        // pipelined behind it anyway.
+        self.asked = Some(Asked {
+            url: file.remote.clone(),
+            offset,
+            length,
+            size: file.entry.size,
+            validator: file.validator.clone(),
+        });
+        Ok(())
+    }
+
+    fn ask_digests(&mut self, _file: &Job) -> Result<(), SourceError> {
+        Err(unexpected("HTTP servers give no per-piece digests".into()))
+    }
+
+    fn await_range(&mut self, length: u64) -> Result<(), SourceError> {
+        let Some(asked) = self.asked.take() else {
+            return Err(unexpected("no range was asked for".into()));
+        };
+        // The previous answer's connection goes back to the pool first.
+        self.body = Box::new(std::io::empty());
+        let response = get(
+            &self.agent,
+            &asked.url,
+            Some((asked.offset, asked.length)),
+            asked.validator.as_deref(),
+            asked.length,
+            self.floor,
+        )
+        .map_err(classify_error)?;
+        if response.status() != StatusCode::PARTIAL_CONTENT {
+            return Err(classify_status(response.status(), &asked.url));
+        }
+        let range = response.headers().typed_get::<headers::ContentRange>();
+        let end = asked.offset + length - 1;
+        let exact = range.is_some_and(|r| {
+            r.bytes_range() == Some((asked.offset, end)) && r.bytes_len() == Some(asked.size)
+        });
+        if !exact || length != asked.length {
+            // Another range, or another total size: another version.
+            return Err(classify_status(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                &asked.url,
+            ));
+        }
+        self.body = Box::new(response.into_body().into_reader().take(length));
+        Ok(())
+    }
+
+    fn body(&mut self) -> &mut dyn Read {
+        &mut self.body
+    }
+
+    fn read_digests(&mut self, _file: &Job) -> Result<Vec<Digest>, SourceError> {
+        Err(unexpected("HTTP servers give no per-piece digests".into()))
+    }
+
+    fn rtt(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}

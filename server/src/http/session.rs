@@ -1,0 +1,344 @@
+//! One HTTP connection: its transport, then its requests one after the
+//! other (keep-alive), each under the same deadlines as a fastdl request
+//! line (the idle timeout for its first byte, the request deadline for
+//! its whole head), each answer under the send progress deadline.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use log::{debug, info, warn};
+
+use super::request::{target, BadRequest, Request, Target};
+use super::respond::{self, Answer};
+use crate::catalog::open::{OpenError, OpenFile};
+use crate::catalog::FileInfo;
+use crate::net::conn::{Conn, LineError};
+use crate::net::table::Ticket;
+use crate::net::transport::{self, Io, Transport};
+use crate::net::Ctx;
+use crate::status::PortStats;
+use crate::transfer;
+
+/// Largest request head accepted (nginx's default buffers hold 8 KiB;
+/// browsers send 1-2 KiB).
+const MAX_HEAD: usize = 16 << 10;
+
+/// Refused requests in a row (404, 400, 401) after which the connection
+/// is closed, as the fastdl protocol does.
+const MAX_REFUSED: u32 = 32;
+
+/// What to do after an answer.
+#[derive(PartialEq, Eq)]
+enum After {
+    Continue,
+    Close,
+}
+
+struct Session<'a> {
+    ctx: &'a Ctx,
+    conn: Conn,
+    port: &'a PortStats,
+    /// The file last opened, kept for the next range of the same file.
+    held: Option<(String, OpenFile)>,
+    refused: u32,
+}
+
+/// Serves one connection until the peer leaves, errs, is evicted or the
+/// server shuts down.
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    transport: Transport,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ticket: Ticket,
+    port_index: usize,
+) {
+    let port = &ctx.stats.ports[port_index];
+    let _active = port.enter();
+
+    if let Some(io) = set_up(&ctx, &transport, stream, peer).await {
+        let mut session = Session {
+            ctx: &ctx,
+            conn: Conn::new(io, peer),
+            port,
+            held: None,
+            refused: 0,
+        };
+        session.requests(&ticket).await;
+    }
+}
+
+/// TLS with the server identity (or plain HTTP with `--plaintext`); a
+/// client of the other kind is told in plain text (if it speaks it) and
+/// closed.
+async fn set_up(
+    ctx: &Ctx,
+    transport: &Transport,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<Io> {
+    let lines = ctx.config.lines;
+    let first = match transport::first_byte(&stream, lines.idle).await {
+        Ok(first) => first,
+        Err(e) => {
+            debug!("{peer}: HTTP: {e}");
+            return None;
+        }
+    };
+    let starts_tls = first == fastdl_tls::TLS_HANDSHAKE_BYTE;
+    match (transport, starts_tls) {
+        (Transport::Plain, false) => Some(Io::Plain(stream)),
+        (Transport::Tls(_), true) => match transport.setup(stream, first, lines.per_line).await {
+            Ok(io) => Some(io),
+            Err(e) => {
+                debug!("{peer}: HTTP: {e}");
+                None
+            }
+        },
+        (Transport::Tls(_), false) => {
+            let mut io = Io::Plain(stream);
+            let answer = respond::text(
+                "400 Bad Request",
+                "This port speaks HTTPS (TLS with the fastdl server's identity).\n",
+                &[],
+                false,
+            );
+            let _ = transfer::write_all(&mut io, answer.as_bytes(), ctx.config.send_floor).await;
+            None
+        }
+        (Transport::Plain, true) => None,
+    }
+}
+
+impl Session<'_> {
+    async fn requests(&mut self, ticket: &Ticket) {
+        let peer = self.conn.peer;
+        loop {
+            if !self.conn.has_pending() {
+                ticket.waiting(self.conn.begin_wait());
+            }
+            let head = tokio::select! {
+                biased;
+                () = ticket.close.cancelled() => return,
+                head = self.conn.next_head(self.ctx.config.lines, MAX_HEAD) => head,
+            };
+            ticket.busy();
+            let after = match head {
+                Ok(head) => match Request::parse(&head) {
+                    Ok(request) => self.answer(&request).await,
+                    Err(e) => self.bad(&e).await,
+                },
+                Err(LineError::TooLong) => {
+                    let answer =
+                        respond::text("431 Request Header Fields Too Large", "", &[], false);
+                    let _ = self.send(&answer).await;
+                    After::Close
+                }
+                Err(e) => {
+                    debug!("{peer}: HTTP: {e}");
+                    After::Close
+                }
+            };
+            if after == After::Close || self.refused >= MAX_REFUSED {
+                return;
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &str) -> Result<(), transfer::SendError> {
+        transfer::write_all(
+            &mut self.conn.io,
+            bytes.as_bytes(),
+            self.ctx.config.send_floor,
+        )
+        .await
+    }
+
+    /// Sends a short text answer; counts it as refused.
+    async fn refuse(
+        &mut self,
+        status: &str,
+        why: &str,
+        extra: &[(&str, &str)],
+        keep: bool,
+    ) -> After {
+        self.refused += 1;
+        let answer = respond::text(status, &format!("{why}\n"), extra, keep);
+        match self.send(&answer).await {
+            Ok(()) if keep => After::Continue,
+            _ => After::Close,
+        }
+    }
+
+    async fn bad(&mut self, e: &BadRequest) -> After {
+        debug!("{}: HTTP: {e}", self.conn.peer);
+        self.refuse("400 Bad Request", &e.to_string(), &[], false)
+            .await
+    }
+
+    async fn answer(&mut self, request: &Request) -> After {
+        let keep = request.keep_alive();
+        let head_only = match request.method.as_str() {
+            "GET" => false,
+            "HEAD" => true,
+            _ => {
+                return self
+                    .refuse(
+                        "405 Method Not Allowed",
+                        "only GET and HEAD",
+                        &[("Allow", "GET, HEAD")],
+                        keep,
+                    )
+                    .await
+            }
+        };
+        if !self.authorized(request).await {
+            let challenge = [("WWW-Authenticate", "Bearer realm=\"fastdl\"")];
+            return self
+                .refuse(
+                    "401 Unauthorized",
+                    "a valid token is needed (Authorization: Bearer TOKEN)",
+                    &challenge,
+                    false,
+                )
+                .await;
+        }
+        match target(&request.target) {
+            Target::Index if request.wants_json() => self.index(true, head_only, keep).await,
+            Target::Index => self.index(false, head_only, keep).await,
+            Target::Json => self.index(true, head_only, keep).await,
+            Target::File(name) => self.file(request, &name, head_only, keep).await,
+            Target::Refused(why) => self.refuse("400 Bad Request", why, &[], keep).await,
+        }
+    }
+
+    /// Whether the request may see the files: always on a public server,
+    /// else with a valid bearer token (a bad one is answered late, the
+    /// wait growing with the address's failures).
+    async fn authorized(&self, request: &Request) -> bool {
+        let Some(tokens) = &self.ctx.tokens else {
+            return true;
+        };
+        let ip = self.conn.peer.ip();
+        if request.bearer().and_then(|t| tokens.check(t)).is_some() {
+            tokens.succeeded(ip);
+            return true;
+        }
+        let wait = tokens.failed(ip, Instant::now());
+        warn!(
+            "{}: HTTP: no valid token; answering in {wait:?}",
+            self.conn.peer
+        );
+        tokio::time::sleep(wait).await;
+        false
+    }
+
+    async fn index(&mut self, json: bool, head_only: bool, keep: bool) -> After {
+        let snapshot = self.ctx.catalog.snapshot();
+        let mut answer = if json {
+            respond::page(
+                "application/json",
+                &respond::index_json(&snapshot.listing),
+                keep,
+            )
+        } else {
+            respond::page(
+                "text/html; charset=utf-8",
+                &respond::index_html(&snapshot.listing),
+                keep,
+            )
+        };
+        if head_only {
+            if let Some(end) = answer.find("\r\n\r\n") {
+                answer.truncate(end + 4);
+            }
+        }
+        self.refused = 0;
+        match self.send(&answer).await {
+            Ok(()) if keep => After::Continue,
+            _ => After::Close,
+        }
+    }
+
+    async fn file(&mut self, request: &Request, name: &str, head_only: bool, keep: bool) -> After {
+        let Some(info) = self.ctx.catalog.snapshot().files.get(name).cloned() else {
+            return self.refuse("404 Not Found", "not listed", &[], keep).await;
+        };
+        if let Err(after) = self.hold(name, &info, keep).await {
+            return after;
+        }
+        let answer = respond::answer(request, info.size, &respond::etag(&info), info.mtime);
+        let head = respond::file_head(&info, &answer, keep);
+        let range = match answer {
+            Answer::Whole => (0, info.size),
+            Answer::Part { offset, length } => (offset, length),
+            Answer::Unsatisfiable => (0, 0),
+        };
+        let Some((_, file)) = &self.held else {
+            return After::Close;
+        };
+        let range = if head_only { (range.0, 0) } else { range };
+        file.will_need(range.0, range.1);
+        let io = &mut self.conn.io;
+        let mut pace = transfer::pace(io, self.ctx.config.send_floor);
+        let stats = &self.ctx.stats;
+        stats.active_transfers.fetch_add(1, Ordering::Relaxed);
+        let sent = transfer::send_range(
+            io,
+            head.as_bytes(),
+            &file.file,
+            range,
+            &mut pace,
+            &self.port.bytes_sent,
+        )
+        .await;
+        stats.active_transfers.fetch_sub(1, Ordering::Relaxed);
+        match sent {
+            Ok(()) => {
+                self.refused = 0;
+                if keep {
+                    After::Continue
+                } else {
+                    After::Close
+                }
+            }
+            Err(e) => {
+                info!("{}: HTTP: {name}: transfer cut: {e}", self.conn.peer);
+                After::Close
+            }
+        }
+    }
+
+    /// Makes [`Self::held`] the open file for `name` (kept from the last
+    /// request if it is still what was listed); the answer given instead
+    /// if it cannot be.
+    async fn hold(&mut self, name: &str, info: &FileInfo, keep: bool) -> Result<(), After> {
+        let reusable = matches!(&self.held, Some((held, file)) if held == name && file.still_listed(&info.listed()));
+        if reusable {
+            return Ok(());
+        }
+        self.held = None;
+        match OpenFile::open(self.ctx.catalog.root(), &info.listed()) {
+            Ok(file) => {
+                self.held = Some((name.to_owned(), file));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.ctx.rescan.try_send(());
+                let (status, why) = match e {
+                    OpenError::Changed(_) => {
+                        ("503 Service Unavailable", "the file is changing; try again")
+                    }
+                    OpenError::Outside => ("404 Not Found", "not served"),
+                    OpenError::Io(_) => ("500 Internal Server Error", "cannot read the file"),
+                };
+                warn!("{}: HTTP: {name}: {e}", self.conn.peer);
+                Err(self
+                    .refuse(status, why, &[("Retry-After", "1")], keep)
+                    .await)
+            }
+        }
+    }
+}
