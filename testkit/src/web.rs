@@ -100,7 +100,7 @@ impl Nginx {
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\n\
              error_log {dir}/error.log;\nevents {{ worker_connections 1024; }}\n\
-             http {{\n  log_format fastdl '$status $body_bytes_sent \"$http_range\" $request';\n\
+             http {{\n  log_format fastdl '$connection $status $body_bytes_sent \"$http_range\" $request';\n\
              access_log {log} fastdl;\n  sendfile on;\n  keepalive_requests 100000;\n\
              client_body_temp_path {dir}/t1; proxy_temp_path {dir}/t2; fastcgi_temp_path {dir}/t3;\n\
              uwsgi_temp_path {dir}/t4; scgi_temp_path {dir}/t5;\n\
@@ -146,14 +146,30 @@ impl Nginx {
 
     /// Body bytes sent per request so far, with each request's line.
     pub fn requests(&self) -> Vec<(u16, u64, String)> {
+        self.log_lines()
+            .into_iter()
+            .map(|(_, status, bytes, rest)| (status, bytes, rest))
+            .collect()
+    }
+
+    /// How many different connections the requests so far came on.
+    pub fn connections(&self) -> usize {
+        let ids: std::collections::HashSet<u64> =
+            self.log_lines().into_iter().map(|(id, ..)| id).collect();
+        ids.len()
+    }
+
+    /// `(connection, status, bytes, "range" request)` per access-log line.
+    fn log_lines(&self) -> Vec<(u64, u16, u64, String)> {
         fs::read_to_string(&self.access_log)
             .unwrap_or_default()
             .lines()
             .filter_map(|line| {
-                let mut words = line.splitn(3, ' ');
+                let mut words = line.splitn(4, ' ');
+                let connection = words.next()?.parse().ok()?;
                 let status = words.next()?.parse().ok()?;
                 let bytes = words.next()?.parse().ok()?;
-                Some((status, bytes, words.next()?.to_owned()))
+                Some((connection, status, bytes, words.next()?.to_owned()))
             })
             .collect()
     }

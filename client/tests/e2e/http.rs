@@ -275,3 +275,38 @@ fn kill_9_then_resume_fetches_only_what_is_missing() {
     );
     assert_eq!(web.landed(), ["r.bin"]);
 }
+
+#[test]
+fn connections_are_kept_alive_across_files_and_pieces() {
+    let web = Web::new();
+    let base = &web.nginx.http;
+    let mut lines = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..40 {
+        let name = format!("f{i:02}.bin");
+        want.push((
+            name.clone(),
+            write_file(&web.root.join(&name), 50_000 + i, i as u64),
+        ));
+        lines.push(format!("{base}/{name}"));
+    }
+    let big = write_file(&web.root.join("big.bin"), 8 * MIB, 99);
+    lines.push(format!("{base}/big.bin"));
+    web.input(&lines);
+    let out = web.once(&["--jobs", "4"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for (name, hash) in &want {
+        assert_eq!(&hash_file(&web.out(name)), hash, "{name}");
+    }
+    assert_eq!(hash_file(&web.out("big.bin")), big);
+    // 49 requests (41 probes, 8 more pieces) over at most one connection
+    // per probe thread (--jobs) and one per download connection: every
+    // answer read to its end gives its connection back for the next.
+    let requests = web.nginx.requests().len();
+    assert!(requests >= 48, "{requests} requests");
+    let connections = web.nginx.connections();
+    assert!(
+        connections <= 4 + 4,
+        "{connections} connections for {requests} requests"
+    );
+}

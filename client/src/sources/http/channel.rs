@@ -15,7 +15,7 @@ use headers::HeaderMapExt;
 use ureq::http::StatusCode;
 use ureq::Agent;
 
-use super::{classify_error, classify_status, get};
+use super::{body_of, classify_error, classify_status, get};
 use crate::download::outcome::Job;
 use crate::download::source::{Channel, SourceError, Trouble};
 use crate::net::pace::SpeedFloor;
@@ -104,7 +104,7 @@ impl Channel for HttpChannel {
                 &asked.url,
             ));
         }
-        self.body = Box::new(response.into_body().into_reader().take(length));
+        self.body = Box::new(body_of(response, length));
         Ok(())
     }
 

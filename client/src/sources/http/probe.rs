@@ -126,10 +126,7 @@ pub fn probe(agent: &Agent, url: &str, floor: SpeedFloor) -> Result<Probed, Prob
     // The first piece, unless it would mean reading a large file whole.
     let head = if size > 0 && (ranges || size <= PIECE_SIZE) {
         let mut bytes = Vec::with_capacity(head_length as usize);
-        response
-            .into_body()
-            .into_reader()
-            .take(head_length)
+        super::body_of(response, head_length)
             .read_to_end(&mut bytes)
             .map_err(ProbeError::Body)?;
         if bytes.len() as u64 != head_length {
