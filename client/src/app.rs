@@ -6,6 +6,8 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+
+use clap::CommandFactory;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +45,10 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs the client; errors are shown on stderr and in the log.
 pub fn main(args: Args) -> ExitCode {
+    if let Some(code) = fastdl_support::docs::asked_for(Args::command(), args.completions, args.man)
+    {
+        return code;
+    }
     match run(args) {
         Ok(code) => code,
         Err(e) => {
@@ -51,6 +57,25 @@ pub fn main(args: Args) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--json`: a progress event per file in progress every second, until
+/// shutdown (or the end of the process).
+fn report_progress_every_second(progress: &Arc<Progress>, shutdown: &Arc<Shutdown>) -> Result<()> {
+    let (progress, shutdown) = (Arc::clone(progress), Arc::clone(shutdown));
+    std::thread::Builder::new()
+        .name("json progress".into())
+        .spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                shutdown.signal().recv_timeout(Duration::from_secs(1))
+            {
+                for (name, bytes, size) in progress.live_files() {
+                    progress.events.progress(&name, bytes, size);
+                }
+            }
+        })
+        .context("cannot start the progress thread")?;
+    Ok(())
 }
 
 /// Runs the client: 0 when every name of a `--once` run landed (and after
@@ -64,13 +89,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let bars = !args.quiet && std::io::stderr().is_terminal();
-    let progress = Arc::new(Progress::new(bars));
+    let progress = Arc::new(Progress::new(bars, args.json));
     start_logging(&args, &progress)?;
     let shutdown = Arc::new(Shutdown::default());
     {
         let shutdown = Arc::clone(&shutdown);
-        ctrlc::set_handler(move || shutdown.trigger())
-            .context("cannot install the Ctrl-C handler")?;
+        fastdl_support::signals::handle(move || shutdown.trigger())?;
+    }
+    if args.json {
+        report_progress_every_second(&progress, &shutdown)?;
     }
     let out = OutDir::open(&args.out)
         .with_context(|| format!("cannot create the output folder {}", args.out.display()))?;
@@ -119,7 +146,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             return Ok(interrupted(args.once));
         };
         if unreachable.is_none() {
-            crate::lists::print(&lists.by_server);
+            crate::lists::print(&lists.by_server, &mut progress.events.text_out());
         }
         (lists, unreachable)
     } else {
@@ -138,6 +165,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         prober: Prober::start(http.agent().clone(), http.floor(), args.jobs as usize),
         slots: 2 * args.jobs as usize,
     };
+    // Watch mode hears of list changes as they happen; --once decides
+    // on the lists it fetched.
+    let list_changes = if args.once {
+        crossbeam_channel::never()
+    } else {
+        let (changed, list_changes) = crossbeam_channel::unbounded();
+        crate::lists::watch::start(&servers, &changed, &shutdown);
+        list_changes
+    };
     let parts = Parts {
         engine,
         servers,
@@ -146,6 +182,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         unreachable,
         outcomes,
         progress,
+        list_changes,
     };
     let scheduler = Scheduler::new(parts, policy, Arc::clone(&shutdown));
     report(scheduler.run(names), args.once)

@@ -20,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod disk;
 pub mod download;
+pub mod events;
 pub mod lists;
 pub mod net;
 pub mod progress;

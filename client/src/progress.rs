@@ -11,8 +11,14 @@ use fastdl_support::human_bytes;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use log::info;
 
+use crate::events::Events;
+
 /// How often a file's progress is logged in plain mode.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// A file in progress as `--json` reports it: id, name, size, and its
+/// bytes present (shared with its [`FileProgress`]).
+type LiveFile = (u64, String, u64, Arc<AtomicU64>);
 
 pub struct Progress {
     multi: Option<MultiProgress>,
@@ -20,11 +26,18 @@ pub struct Progress {
     queued: AtomicU64,
     done: AtomicU64,
     bytes: AtomicU64,
+    /// The files in progress, by id: their name, size and bytes present
+    /// (for `--json`'s progress events).
+    live: Mutex<Vec<LiveFile>>,
+    next_id: AtomicU64,
+    /// The `--json` event stream (off without it).
+    pub events: Events,
 }
 
 impl Progress {
-    /// Bars when `bars` is true, plain log lines otherwise.
-    pub fn new(bars: bool) -> Progress {
+    /// Bars when `bars` is true, plain log lines otherwise; JSON events on
+    /// stdout when `json` is.
+    pub fn new(bars: bool, json: bool) -> Progress {
         let (multi, total) = if bars {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
             let total = multi.add(ProgressBar::new(0));
@@ -32,6 +45,11 @@ impl Progress {
                 ProgressStyle::with_template("total: {pos}/{len} files done  {msg}")
                     .expect("progress template is valid"),
             );
+            // The draw target skips draws closer than 100 ms apart, and a
+            // skipped one is not made up for: the line could show a stale
+            // total (a file done, "1/2 files done") until the next change.
+            // A steady tick redraws it four times a second.
+            total.enable_steady_tick(Duration::from_millis(250));
             (Some(multi), Some(total))
         } else {
             (None, None)
@@ -42,7 +60,24 @@ impl Progress {
             queued: AtomicU64::new(0),
             done: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            live: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            events: Events::new(json),
         }
+    }
+
+    /// Each file in progress: its name, bytes present and size.
+    pub fn live_files(&self) -> Vec<(String, u64, u64)> {
+        self.live_lock()
+            .iter()
+            .map(|(_, name, size, received)| {
+                (name.clone(), received.load(Ordering::Relaxed), *size)
+            })
+            .collect()
+    }
+
+    fn live_lock(&self) -> std::sync::MutexGuard<'_, Vec<LiveFile>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The bars, when there are any (log lines are printed above them).
@@ -87,12 +122,18 @@ impl Progress {
         if bar.is_none() {
             info!("{name}: downloading {}", human_bytes(size));
         }
+        let id = owner.next_id.fetch_add(1, Ordering::Relaxed);
+        let received = Arc::new(AtomicU64::new(already));
+        owner
+            .live_lock()
+            .push((id, name.to_owned(), size, Arc::clone(&received)));
         FileProgress {
             owner: Arc::clone(owner),
             bar,
+            id,
             name: name.to_owned(),
             size,
-            received: AtomicU64::new(already),
+            received,
             fetched: AtomicU64::new(0),
             copies: AtomicU64::new(0),
             started: Instant::now(),
@@ -105,9 +146,11 @@ impl Progress {
 pub struct FileProgress {
     owner: Arc<Progress>,
     bar: Option<ProgressBar>,
+    /// Its entry among the owner's live files.
+    id: u64,
     name: String,
     size: u64,
-    received: AtomicU64,
+    received: Arc<AtomicU64>,
     fetched: AtomicU64,
     copies: AtomicU64,
     started: Instant,
@@ -187,6 +230,7 @@ impl FileProgress {
 
 impl Drop for FileProgress {
     fn drop(&mut self) {
+        self.owner.live_lock().retain(|(id, ..)| *id != self.id);
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
             if let Some(multi) = &self.owner.multi {

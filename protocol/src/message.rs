@@ -34,6 +34,11 @@ pub enum Request {
     Auth { token: String },
     /// `QUIT`: the server answers `BYE` and closes.
     Quit,
+    /// `WATCH`: the last request on its connection; the server answers
+    /// `LISTED <generation>` at once, again whenever its list changes, and
+    /// every few seconds while it does not (a heartbeat), until the client
+    /// sends anything or closes.
+    Watch,
 }
 
 /// Machine-readable error classes carried by `ERROR <CODE> <message>`.
@@ -139,6 +144,9 @@ pub enum Reply {
     Bye,
     /// `AUTH OK`: the access token was accepted (or none is needed).
     AuthOk,
+    /// `LISTED <generation>`: on a `WATCH` connection, the generation of
+    /// the server's list (a new number: the list changed).
+    Listed { generation: u64 },
 }
 
 /// Replaces characters that would break the one-line framing.
@@ -242,6 +250,7 @@ impl Request {
             }),
             "LIST" => no_args(rest, "LIST", line).map(|_| Request::List),
             "QUIT" => no_args(rest, "QUIT", line).map(|_| Request::Quit),
+            "WATCH" => no_args(rest, "WATCH", line).map(|_| Request::Watch),
             "GET" => {
                 let mut fields = rest.splitn(3, ' ');
                 let (Some(offset), Some(length), Some(name)) =
@@ -294,6 +303,7 @@ impl fmt::Display for Request {
             Request::Join { token } => write!(f, "JOIN {token}"),
             Request::Auth { token } => write!(f, "AUTH {token}"),
             Request::Quit => f.write_str("QUIT"),
+            Request::Watch => f.write_str("WATCH"),
         }
     }
 }
@@ -336,6 +346,9 @@ impl Reply {
             "END" => no_args(rest, "END", line).map(|_| Reply::End),
             "BYE" => no_args(rest, "BYE", line).map(|_| Reply::Bye),
             "AUTH" if rest == "OK" => Ok(Reply::AuthOk),
+            "LISTED" => Ok(Reply::Listed {
+                generation: parse_u64(rest, "LISTED generation", line)?,
+            }),
             "WRONG_INPUT" => Ok(Reply::WrongInput {
                 reason: rest.to_owned(),
             }),
@@ -404,6 +417,7 @@ impl fmt::Display for Reply {
             }
             Reply::Bye => f.write_str("BYE"),
             Reply::AuthOk => f.write_str("AUTH OK"),
+            Reply::Listed { generation } => write!(f, "LISTED {generation}"),
         }
     }
 }
@@ -418,6 +432,7 @@ mod tests {
             Request::Hello { version: 1 },
             Request::List,
             Request::Quit,
+            Request::Watch,
             Request::Get {
                 offset: 0,
                 length: 0,
@@ -512,6 +527,10 @@ mod tests {
             },
             Reply::End,
             Reply::Bye,
+            Reply::Listed { generation: 0 },
+            Reply::Listed {
+                generation: u64::MAX,
+            },
             Reply::wrong_input("not listed: x y"),
             Reply::error(ErrorCode::Busy, "too many connections (limit 256)"),
             Reply::error(ErrorCode::Other("NEW_THING".into()), "from the future"),

@@ -6,6 +6,8 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+
+use clap::CommandFactory;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +77,10 @@ const DRAIN: Duration = Duration::from_millis(1500);
 
 /// Runs the server with `args`; the process's exit status.
 pub fn main(args: Args) -> ExitCode {
+    if let Some(code) = fastdl_support::docs::asked_for(Args::command(), args.completions, args.man)
+    {
+        return code;
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -90,8 +96,7 @@ fn run(args: Args) -> Result<()> {
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
-        ctrlc::set_handler(move || shutdown.cancel())
-            .context("cannot install the Ctrl-C handler")?;
+        fastdl_support::signals::handle(move || shutdown.cancel())?;
     }
     let limits = connection_limits(&args);
     let (transport, http_transport) = transports_for(&args)?;

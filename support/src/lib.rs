@@ -1,9 +1,13 @@
 //! Plumbing shared by `fastdl-server` and `fastdl-client`: logging to
 //! terminal and file, byte counts written and read (through `bytesize` and
-//! `parse-size`), text from peers made safe for a log line, and where the
-//! user's configuration lives. Nothing about the protocol lives here.
+//! `parse-size`), text from peers made safe for a log line, where the
+//! user's configuration lives, the signals a service gets (`signals`), and
+//! completions and man pages from the clap definitions (`docs`). Nothing
+//! about the protocol lives here.
 
+pub mod docs;
 pub mod logging;
+pub mod signals;
 
 /// Where fastdl keeps a file of the user's configuration:
 /// `$XDG_CONFIG_HOME/fastdl/<file>`, else `$HOME/.config/fastdl/<file>`;

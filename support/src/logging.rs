@@ -4,10 +4,16 @@
 //! A binary that draws progress bars wraps the logger [`build`] makes in
 //! `indicatif-log-bridge`, so that log lines are printed above the bars
 //! instead of through them; the others call [`init`].
+//!
+//! The log file is reopened by name after [`reopen`] (called on SIGHUP,
+//! see `signals`): logrotate's convention, so that a rotated log is let go
+//! and a new one started without a restart. The reopen happens at the next
+//! line, which [`reopen`] writes at once.
 
-use std::fs::OpenOptions;
-use std::io::{IsTerminal, LineWriter};
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, LineWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use log::LevelFilter;
@@ -44,14 +50,50 @@ pub fn init(level: LevelFilter, file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Set by [`reopen`]; the log file's writer reopens its file at its next
+/// write.
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+/// Asks for the log file to be reopened by its name (after logrotate moved
+/// it away), and logs a line so that it happens now.
+pub fn reopen() {
+    REOPEN.store(true, Ordering::SeqCst);
+    log::info!("log file reopened (SIGHUP)");
+}
+
+/// The log file, reopened by name when [`reopen`] asked for it.
+struct LogFile {
+    path: PathBuf,
+    file: LineWriter<File>,
+}
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if REOPEN.swap(false, Ordering::SeqCst) {
+            let _ = self.file.flush();
+            match open_log(&self.path) {
+                Ok(file) => self.file = LineWriter::new(file),
+                // Keep writing where we did: losing the log is worse.
+                Err(e) => eprintln!("cannot reopen log file {}: {e}", self.path.display()),
+            }
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// The logger [`init`] installs, not installed yet, and the most detailed
 /// level it logs (for `log::set_max_level`).
 pub fn build(level: LevelFilter, file: &Path) -> Result<(Box<dyn log::Log>, LevelFilter)> {
-    let log_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .with_context(|| format!("cannot open log file {}", file.display()))?;
+    let log_file =
+        open_log(file).with_context(|| format!("cannot open log file {}", file.display()))?;
     // termcolor's Auto looks only at TERM, so ask whether stderr is a terminal.
     let colors = if std::io::stderr().is_terminal() {
         ColorChoice::Auto
@@ -67,7 +109,10 @@ pub fn build(level: LevelFilter, file: &Path) -> Result<(Box<dyn log::Log>, Leve
         WriteLogger::new(
             level.max(LevelFilter::Info),
             config(),
-            LineWriter::new(log_file),
+            LogFile {
+                path: file.to_path_buf(),
+                file: LineWriter::new(log_file),
+            },
         ),
     ]);
     let max = combined.level();

@@ -19,6 +19,18 @@ use std::time::{Duration, Instant};
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Path of a workspace binary (`fastdl-server` or `fastdl-client`).
+/// A command for one of our binaries, without any `FASTDL_*` variable of
+/// the environment the tests run in (each option can come from one).
+pub fn command(name: &str) -> Command {
+    let mut cmd = Command::new(bin(name));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FASTDL_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
@@ -157,7 +169,7 @@ impl Server {
         fs::create_dir_all(work).expect("work folder");
         let log = work.join(format!("server-{}.log", unique()));
         let list = work.join("text.txt");
-        let mut cmd = Command::new(bin("fastdl-server"));
+        let mut cmd = command("fastdl-server");
         cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .arg("--dir")
             .arg(resources)
@@ -257,9 +269,9 @@ impl Drop for Server {
 
 /// A `fastdl-client` command preset for a test: `--server`, `--out`,
 /// `--input`, `--log` and `--known-servers` in `work`, no progress bars,
-/// no access token from the environment.
+/// no option (such as an access token) from the environment.
 pub fn client(server: &str, work: &Path) -> Command {
-    let mut cmd = Command::new(bin("fastdl-client"));
+    let mut cmd = command("fastdl-client");
     cmd.args(["--server", server])
         .arg("--input")
         .arg(work.join("input.txt"))
@@ -269,7 +281,6 @@ pub fn client(server: &str, work: &Path) -> Command {
         .arg(work.join("client.log"))
         .arg("--known-servers")
         .arg(work.join("known_servers"))
-        .env_remove("FASTDL_TOKEN")
         .stdin(Stdio::null());
     cmd
 }

@@ -152,7 +152,7 @@ fn outcome_of(
                 human_bytes(rate as u64),
                 path.display()
             );
-            Outcome::Landed
+            Outcome::Landed(path)
         }
         // In place, but not durably: its own folder could not be flushed
         // (other folders' files are not concerned).
@@ -231,8 +231,8 @@ mod tests {
         let landed = land_batch(batch);
         let by_name = |n: &str| &landed.iter().find(|(j, _)| j.entry.name == n).unwrap().1;
         assert!(matches!(by_name("same.bin"), Outcome::AlreadyHad(_)));
-        assert!(matches!(by_name("sub/other.bin"), Outcome::Landed));
-        assert!(matches!(by_name("new.bin"), Outcome::Landed));
+        assert!(matches!(by_name("sub/other.bin"), Outcome::Landed(_)));
+        assert!(matches!(by_name("new.bin"), Outcome::Landed(_)));
         // Nothing overwritten; the other version kept under a new name.
         assert_eq!(
             std::fs::read(tmp.path().join("sub/other.bin")).unwrap(),

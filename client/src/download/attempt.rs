@@ -36,7 +36,7 @@ use log::{info, warn};
 
 use super::expected::Expected;
 use super::leftovers::Leftovers;
-use super::outcome::{Algo, FileError, Job, Outcome, Report, ToLand, Verified};
+use super::outcome::{hex, Algo, FileError, Job, Outcome, Report, ToLand, Verified};
 use super::pieces::PieceQueue;
 use super::source::SourceError;
 use crate::disk::journal::Journal;
@@ -575,10 +575,6 @@ fn sha_of(part: &File, size: u64, algo: Algo) -> std::io::Result<Vec<u8>> {
     Ok(context.finish().as_ref().to_vec())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Whether a fresh download of `size` bytes fits on the output folder's
 /// file system.
 fn room_for(out: &OutDir, size: u64) -> Result<(), FileError> {
@@ -662,7 +658,7 @@ mod tests {
             Scene {
                 out: OutDir::open(tmp.path()).unwrap(),
                 _tmp: tmp,
-                progress: Arc::new(Progress::new(false)),
+                progress: Arc::new(Progress::new(false, false)),
                 outcomes: crossbeam_channel::unbounded(),
                 verified: crossbeam_channel::unbounded(),
             }

@@ -221,7 +221,7 @@ fn run(
             connect_early: false,
         },
         OutDir::open(tmp.path()).unwrap(),
-        Arc::new(Progress::new(false)),
+        Arc::new(Progress::new(false, false)),
         Arc::clone(&shutdown),
         outcomes_tx.clone(),
         verified_tx,
@@ -273,7 +273,7 @@ fn many_small_files_and_a_big_one_land_verified_from_two_sources() {
     let (tmp, reports) = run(sources, jobs, 8);
     for (job, outcome) in &reports {
         assert!(
-            matches!(outcome, Outcome::Landed),
+            matches!(outcome, Outcome::Landed(_)),
             "{}: {outcome:?}",
             job.entry.name
         );
@@ -305,7 +305,7 @@ fn a_corrupt_piece_is_fetched_again_and_the_file_lands_right() {
     );
     let (tmp, reports) = run(vec![source], vec![job("f.bin", &bytes, &[0])], 4);
     assert!(
-        matches!(reports[0].1, Outcome::Landed),
+        matches!(reports[0].1, Outcome::Landed(_)),
         "{:?}",
         reports[0].1
     );

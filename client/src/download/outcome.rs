@@ -130,8 +130,8 @@ pub type ToLand = (Job, Box<Verified>);
 /// How one attempt at a file ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Verified and in place (possibly under a numbered name).
-    Landed,
+    /// Verified and in place, at this path (possibly a numbered name).
+    Landed(PathBuf),
     /// An identical file was already in the output folder.
     AlreadyHad(PathBuf),
     /// A server says the file changed or left its list: fetch the lists
@@ -222,4 +222,10 @@ pub struct Verified {
     /// Network rate and bytes fetched in this attempt, for the log.
     pub rate: f64,
     pub fetched: u64,
+}
+
+/// Bytes as lowercase hex, as digests are written on input lines and
+/// in messages.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -3,6 +3,7 @@
 //! several servers are given (`vote`).
 
 pub mod vote;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -110,19 +111,21 @@ pub fn fetch_all(
 }
 
 /// Prints the list (merged over all servers, marking names not every server
-/// holds and names the servers disagree on).
-pub fn print(lists: &[Option<Listing>]) {
+/// holds and names the servers disagree on) to `out`.
+pub fn print(lists: &[Option<Listing>], out: &mut dyn std::io::Write) {
     let merged = vote::merge(lists);
     let reachable = lists.iter().filter(|l| l.is_some()).count();
-    if lists.len() == 1 {
-        println!("{} files on the server:", merged.len());
+    // A closed stdout does not stop the client.
+    let _ = if lists.len() == 1 {
+        writeln!(out, "{} files on the server:", merged.len())
     } else {
-        println!(
+        writeln!(
+            out,
             "{} files on {reachable} of {} servers:",
             merged.len(),
             lists.len()
-        );
-    }
+        )
+    };
     for (i, entry) in merged.iter().enumerate() {
         let mut marks = Vec::new();
         if lists.len() > 1 && entry.held_by < lists.len() {
@@ -136,7 +139,8 @@ pub fn print(lists: &[Option<Listing>]) {
         } else {
             format!("  [{}]", marks.join("; "))
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{}) {}  {}{marks}",
             i + 1,
             entry.name,

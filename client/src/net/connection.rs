@@ -254,6 +254,20 @@ impl Connection {
         }
     }
 
+    /// Sends `WATCH`: from now on the connection only brings the list's
+    /// generation ([`Self::listed`]).
+    pub fn watch(&mut self) -> Result<(), RequestError> {
+        self.send(&Request::Watch)
+    }
+
+    /// The next `LISTED <generation>` of a watching connection.
+    pub fn listed(&mut self) -> Result<u64, RequestError> {
+        match self.reply()? {
+            Reply::Listed { generation } => Ok(generation),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Sends `PIECES name`; the answer is read by [`Self::pieces_reply`]
     /// (other requests may be sent in between).
     pub fn ask_pieces(&mut self, name: &str) -> Result<(), RequestError> {

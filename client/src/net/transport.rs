@@ -54,6 +54,7 @@ impl Security {
 }
 
 /// Everything needed to open a connection to one server.
+#[derive(Clone)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     /// The server as the user named it (`--server`), for messages.

@@ -117,7 +117,7 @@ pub enum Next {
 pub fn after(outcome: &Outcome, attempt: u32, policy: &Policy, now: Instant) -> Next {
     let out_of_tries = policy.once && attempt >= policy.retries;
     match outcome {
-        Outcome::Landed | Outcome::AlreadyHad(_) => Next::Done,
+        Outcome::Landed(_) | Outcome::AlreadyHad(_) => Next::Done,
         Outcome::Cancelled => Next::Stay,
         Outcome::Changed(e) if out_of_tries => Next::GiveUp(e.to_string()),
         Outcome::Changed(_) => Next::Refresh {
@@ -280,7 +280,10 @@ mod tests {
             after(&Outcome::Changed(changed()), 3, &policy(true), now),
             Next::GiveUp(_)
         ));
-        assert_eq!(after(&Outcome::Landed, 1, &policy(true), now), Next::Done);
+        assert_eq!(
+            after(&Outcome::Landed("x".into()), 1, &policy(true), now),
+            Next::Done
+        );
         assert_eq!(
             after(&Outcome::Cancelled, 1, &policy(true), now),
             Next::Stay

@@ -69,6 +69,9 @@ pub struct Parts {
     pub unreachable: Option<String>,
     pub outcomes: Receiver<(Job, Outcome)>,
     pub progress: Arc<Progress>,
+    /// A server's index whenever its list changed (watch mode; see
+    /// `lists::watch`).
+    pub list_changes: Receiver<usize>,
 }
 
 /// What ended a try at a line.
@@ -124,6 +127,7 @@ impl Scheduler {
         let mut input_open = true;
         let outcomes = self.parts.outcomes.clone();
         let probes = self.parts.web.prober.results.clone();
+        let mut list_changes = self.parts.list_changes.clone();
         loop {
             let deadline = self.next_deadline();
             let timeout = deadline.map_or(crossbeam_channel::never(), crossbeam_channel::at);
@@ -145,6 +149,12 @@ impl Scheduler {
                     if let Ok((key, result)) = probed {
                         self.probed(key, result);
                     }
+                },
+                recv(list_changes) -> changed => match changed {
+                    // Names waiting for the servers may be listed now.
+                    Ok(_) if self.names_waiting() => self.refresh(),
+                    Ok(_) => {}
+                    Err(_) => list_changes = crossbeam_channel::never(),
                 },
                 recv(self.shutdown.signal()) -> _ => {},
                 recv(timeout) -> _ => {},
@@ -258,6 +268,7 @@ impl Scheduler {
                 }
             }
             let is_url = matches!(item, Item::Url { .. });
+            self.parts.progress.events.queued(&key, is_url);
             self.items.insert(
                 key.clone(),
                 Tracked {
@@ -281,6 +292,7 @@ impl Scheduler {
         }
         let shown = printable(&line).into_owned();
         warn!("{shown}: {why}; ignored");
+        self.parts.progress.events.failed(&shown, &why, None);
         if self.policy.once {
             self.summary.failed.push((shown, why.clone()));
         }
@@ -328,6 +340,8 @@ impl Scheduler {
             return;
         }
         self.parts.engine.submit(job.clone());
+        let events = &self.parts.progress.events;
+        events.started(&key, &job.entry.name, job.entry.size, attempt);
         self.set(&key, State::Running { attempt, job });
     }
 
@@ -363,8 +377,7 @@ impl Scheduler {
             }
             Placement::Fail(why) => {
                 warn!("{name}: {why}");
-                self.summary.failed.push((name.clone(), why.clone()));
-                self.set(&name, State::Failed { why });
+                self.fail(&name, why);
             }
             Placement::Wait(why) => {
                 let changed = !matches!(&was, Some(State::Waiting { why: old }) if *old == why);
@@ -494,8 +507,17 @@ impl Scheduler {
                 );
                 self.summary.already_had += 1;
             }
-            Outcome::Landed => self.summary.downloaded += 1,
+            Outcome::Landed(_) => self.summary.downloaded += 1,
             _ => {}
+        }
+        if let Outcome::Landed(path) | Outcome::AlreadyHad(path) = &outcome {
+            let already = matches!(outcome, Outcome::AlreadyHad(_));
+            let (name, size) = (&job.entry.name, job.entry.size);
+            let check = job.check.as_ref();
+            self.parts
+                .progress
+                .events
+                .done(&key, name, path, size, check, already);
         }
         let next = names::after(&outcome, attempt, &self.policy, Instant::now());
         self.follow(&key, next, attempt, Ended::Download(&job, &outcome));
@@ -503,6 +525,13 @@ impl Scheduler {
             self.start_probes();
         }
         self.show_totals();
+    }
+
+    /// `key` failed for good (it is counted, and not tried again).
+    fn fail(&mut self, key: &str, why: String) {
+        self.parts.progress.events.failed(key, &why, None);
+        self.summary.failed.push((key.to_owned(), why.clone()));
+        self.set(key, State::Failed { why });
     }
 
     /// Applies the rule's verdict `next` to `key` after its `attempt`-th
@@ -514,8 +543,7 @@ impl Scheduler {
             Next::Stay => {}
             Next::GiveUp(why) => {
                 error!("{key}: {why}; giving up");
-                self.summary.failed.push((key.to_owned(), why.clone()));
-                self.set(key, State::Failed { why });
+                self.fail(key, why);
             }
             Next::RetryAt(at) => {
                 let why = match ended {
@@ -523,6 +551,10 @@ impl Scheduler {
                     Ended::Download(..) => String::new(),
                     Ended::Probe(why) => why,
                 };
+                if !why.is_empty() {
+                    let wait = at.saturating_duration_since(now).as_secs_f64();
+                    self.parts.progress.events.failed(key, &why, Some(wait));
+                }
                 if self.reported.get(key) != Some(&why) {
                     warn!(
                         "{key}: {why}; trying again in {:.0} s",
@@ -603,7 +635,10 @@ impl Scheduler {
         self.parts.unreachable = (!self.parts.lists.any()).then(|| errors.join("; "));
         if was_unreachable && self.parts.unreachable.is_none() {
             // The list the client could not show at start.
-            crate::lists::print(&self.parts.lists.by_server);
+            crate::lists::print(
+                &self.parts.lists.by_server,
+                &mut self.parts.progress.events.text_out(),
+            );
         }
         let waiting: Vec<String> = self
             .items

@@ -14,11 +14,16 @@ use super::fastdl_plan;
 use crate::download::outcome::Job;
 use crate::download::source::{Channel, Source, SourceError, Trouble};
 use crate::net::connection::{Connection, RequestError};
+use crate::net::pace::SpeedFloor;
 use crate::net::transport::Endpoint;
 
 /// Ranged reads one connection keeps in flight at most (the engine asks
 /// for fewer on a short path).
 const MAX_DEPTH: usize = 12;
+
+/// How long a watching connection waits for the server's next `LISTED`
+/// (it sends one at least every 15 s) before it counts as lost.
+pub const WATCH_SILENCE: Duration = Duration::from_secs(40);
 
 /// One fastdl server.
 pub struct Server {
@@ -54,6 +59,36 @@ impl Server {
                 format!("server {}: {text}", self.endpoint.shown)
             };
             let _ = self.fatal.set(why);
+        }
+    }
+
+    /// Watches the server's list (`WATCH`) until the connection ends,
+    /// calling `listed` with every generation the server sends (at once,
+    /// at every change, and as a heartbeat). Reads wait up to
+    /// [`WATCH_SILENCE`] for each; the error says why the watch ended.
+    pub fn watch(&self, mut listed: impl FnMut(u64)) -> RequestError {
+        let endpoint = Endpoint {
+            floor: SpeedFloor {
+                min_rate: 0,
+                window: WATCH_SILENCE,
+            },
+            ..self.endpoint.clone()
+        };
+        let mut conn = match Connection::open(&endpoint).and_then(|mut c| c.watch().map(|()| c)) {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.note_request(&e);
+                return e;
+            }
+        };
+        loop {
+            match conn.listed() {
+                Ok(generation) => listed(generation),
+                Err(e) => {
+                    self.note_request(&e);
+                    return e;
+                }
+            }
         }
     }
 

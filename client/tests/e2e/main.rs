@@ -11,6 +11,7 @@ mod http;
 mod mirrors;
 mod plan;
 mod resume;
+mod service;
 mod stop;
 mod tls;
 mod watch;

@@ -111,6 +111,35 @@ fn a_name_the_server_lists_later_is_downloaded_then() {
     assert_eq!(visible_files(&env.out), ["early.bin", "late.bin"]);
 }
 
+/// The server tells watching clients when its list changes: a name that
+/// waits for its file lands as soon as the server lists it, long before
+/// the next poll.
+#[test]
+fn a_name_the_server_lists_later_lands_before_the_next_poll() {
+    let env = Env::new();
+    let server = env.server(&[]);
+    env.write_input(&["later.bin"]);
+    let mut watcher = Running::spawn(client(&server.url(), &env.work).args(["--poll", "60"]));
+    wait_until(
+        WATCH_DEADLINE,
+        "later.bin to be reported as unlisted",
+        || env.log().contains("later.bin: not listed by the server"),
+    );
+    let hidden = env.res.join(".later.bin.tmp");
+    let want = write_file(&hidden, 300_000, 8);
+    let published = Instant::now();
+    fs::rename(&hidden, env.res.join("later.bin")).unwrap();
+    // The poll is 60 s away; the server sees the file at once (file-system
+    // events) and tells the client.
+    wait_until(Duration::from_secs(15), "later.bin to land", || {
+        env.out_path("later.bin").exists()
+    });
+    let took = published.elapsed();
+    assert_eq!(hash_file(&env.out_path("later.bin")), want);
+    stop(&mut watcher, &env);
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
 #[test]
 fn ctrl_c_during_a_slow_download_stops_promptly_and_keeps_the_part_file() {
     let env = Env::new();

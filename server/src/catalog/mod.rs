@@ -65,6 +65,9 @@ pub struct Catalog {
     /// Paths never to publish (the list file and the log, if they sit inside).
     excluded: Vec<PathBuf>,
     current: RwLock<Arc<Snapshot>>,
+    /// The list's generation, counted up at every change of the list;
+    /// `WATCH` sessions wait on it.
+    generation: tokio::sync::watch::Sender<u64>,
     /// Digest cache: canonical path -> (size, mtime, tree).
     cache: Mutex<HashMap<PathBuf, FileInfo>>,
     /// Skipped entries already reported (see [`scan::walk`]).
@@ -90,6 +93,9 @@ impl Catalog {
             list_path: list_path.to_path_buf(),
             excluded,
             current: RwLock::new(Arc::new(Snapshot::default())),
+            // Counted from the start time: a client that watched an earlier
+            // run sees a new number even if the list is the same size.
+            generation: tokio::sync::watch::Sender::new(start_millis()),
             cache: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashSet::new()),
             scan_lock: Mutex::new(()),
@@ -113,6 +119,11 @@ impl Catalog {
             Ok(guard) => Arc::clone(&guard),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// The list's generation, to wait for its next change.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Scans the folder, hashes what is new or changed, publishes the result
@@ -183,12 +194,24 @@ impl Catalog {
             files,
             list_reply,
         });
+        let listed_anew = previous.listing != snapshot.listing;
         match self.current.write() {
             Ok(mut guard) => *guard = snapshot,
             Err(poisoned) => *poisoned.into_inner() = snapshot,
         }
+        if listed_anew {
+            // After the snapshot: a watcher that hears of it lists the new one.
+            self.generation.send_modify(|g| *g += 1);
+        }
         Ok(changed)
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn start_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Hashes a file; `Ok(None)` if it changed while being hashed (or is no

@@ -44,7 +44,14 @@ const DIGESTS_PER_WRITE: usize = 1024;
 enum Next {
     Continue,
     Close,
+    /// `WATCH`: the connection now only hears of list changes.
+    Watch,
 }
+
+/// How often a watching client hears `LISTED` while the list does not
+/// change: well inside the client's 30 s read deadline, and a closed
+/// watcher is noticed (its slot freed) within this.
+pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// What answering a request amounted to, for the bad-request count.
 enum Verdict {
@@ -138,8 +145,13 @@ pub async fn serve(
             warn!("{peer}: {bad} refused requests in a row, closing");
             break;
         }
-        if let Next::Close = next {
-            break;
+        match next {
+            Next::Continue => {}
+            Next::Close => break,
+            Next::Watch => {
+                session.watch(&ticket).await;
+                break;
+            }
         }
     }
     session.log_summary(started);
@@ -333,6 +345,39 @@ impl Session<'_> {
             Request::Quit => {
                 let _ = self.reply(&Reply::Bye).await;
                 (Verdict::Served, Next::Close)
+            }
+            Request::Watch => (Verdict::Served, Next::Watch),
+        }
+    }
+
+    /// A `WATCH` connection: `LISTED <generation>` now, at every change of
+    /// the list and every [`WATCH_HEARTBEAT`], until the client goes (a
+    /// send fails), the connection is closed to make room (it counts as
+    /// waiting since the watch began, so watchers go first), or shutdown.
+    async fn watch(&mut self, ticket: &Ticket) {
+        let peer = self.conn.peer;
+        let mut changes = self.ctx.catalog.watch();
+        ticket.waiting(self.conn.begin_wait());
+        loop {
+            let generation = *changes.borrow_and_update();
+            if let Err(e) = self.reply(&Reply::Listed { generation }).await {
+                debug!("{peer}: watch ended: {e}");
+                return;
+            }
+            tokio::select! {
+                biased;
+                () = ticket.close.cancelled() => {
+                    if ticket.evicted() {
+                        self.last_word(&Reply::error(ErrorCode::Timeout, EVICTED)).await;
+                    }
+                    return;
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(WATCH_HEARTBEAT) => {}
             }
         }
     }

@@ -140,3 +140,36 @@ fn several_ports_and_a_status_line_for_each() {
         },
     );
 }
+
+#[test]
+fn watch_announces_list_changes_and_beats_while_quiet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let res = tmp.path().join("res");
+    write_file(&res.join("a.bin"), 1000, 1);
+    let server = Server::start(&res, tmp.path(), &["--plaintext"]);
+    let (mut r, mut w) = connect(&server);
+    w.write_all(b"FASTDL 2\nWATCH\n").unwrap();
+    assert_eq!(line(&mut r), "FASTDL 2");
+    let first = line(&mut r);
+    let generation = |l: &str| -> u64 {
+        l.strip_prefix("LISTED ")
+            .and_then(|g| g.parse().ok())
+            .unwrap_or_else(|| panic!("not a LISTED line: {l:?}"))
+    };
+    let before = generation(&first);
+    // Nothing changes: the same generation again, as a heartbeat.
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(generation(&line(&mut r)), before);
+    // A new file: announced at once (well before the 5 s rescan and the
+    // 15 s heartbeat), with a new generation.
+    let started = std::time::Instant::now();
+    write_file(&res.join("b.bin"), 1000, 2);
+    assert_ne!(generation(&line(&mut r)), before);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,29 @@
+//! The signals a service gets: SIGINT (Ctrl-C) and SIGTERM (systemd's
+//! stop, `kill`) stop the binary as Ctrl-C always did; SIGHUP reopens the
+//! log file (logrotate's `postrotate` convention) instead of stopping.
+//! One thread waits for them (signal-hook's iterator), so the handlers run
+//! as ordinary code, not in a signal context.
+
+use anyhow::{Context, Result};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// Calls `stop` on every SIGINT and SIGTERM, and reopens the log file on
+/// SIGHUP, from a thread of its own, for the life of the process.
+pub fn handle(stop: impl Fn() + Send + 'static) -> Result<()> {
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install the signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    crate::logging::reopen();
+                } else {
+                    stop();
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
