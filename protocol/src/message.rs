@@ -37,7 +37,7 @@ pub enum Request {
     /// `WATCH`: the last request on its connection; the server answers
     /// `LISTED <generation>` at once, again whenever its list changes, and
     /// every few seconds while it does not (a heartbeat), until the client
-    /// sends anything or closes.
+    /// closes the connection.
     Watch,
 }
 

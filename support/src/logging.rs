@@ -65,6 +65,9 @@ pub fn reopen() {
 struct LogFile {
     path: PathBuf,
     file: LineWriter<File>,
+    /// Whether the last write ended a line: the file is only switched
+    /// between records, never in the middle of one.
+    at_line_start: bool,
 }
 
 fn open_log(path: &Path) -> std::io::Result<File> {
@@ -73,7 +76,7 @@ fn open_log(path: &Path) -> std::io::Result<File> {
 
 impl Write for LogFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if REOPEN.swap(false, Ordering::SeqCst) {
+        if self.at_line_start && REOPEN.swap(false, Ordering::SeqCst) {
             let _ = self.file.flush();
             match open_log(&self.path) {
                 Ok(file) => self.file = LineWriter::new(file),
@@ -81,7 +84,11 @@ impl Write for LogFile {
                 Err(e) => eprintln!("cannot reopen log file {}: {e}", self.path.display()),
             }
         }
-        self.file.write(buf)
+        let n = self.file.write(buf)?;
+        if n > 0 {
+            self.at_line_start = buf[n - 1] == b'\n';
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -112,6 +119,7 @@ pub fn build(level: LevelFilter, file: &Path) -> Result<(Box<dyn log::Log>, Leve
             LogFile {
                 path: file.to_path_buf(),
                 file: LineWriter::new(log_file),
+                at_line_start: true,
             },
         ),
     ]);

@@ -77,6 +77,15 @@ impl Spot {
     }
 }
 
+/// Whether `name` (its last component) has the shape of the client's own
+/// working files (`.<name>.fastdl-part`, `.<name>.fastdl-journal`,
+/// `.fastdl-...`): a download never lands under such a name, or a later
+/// download's part or journal could replace or delete it.
+pub fn is_working_name(name: &str) -> bool {
+    let leaf = name.rsplit('/').next().unwrap_or(name);
+    leaf.starts_with('.') && leaf.contains(".fastdl-") || leaf.starts_with(".fastdl-")
+}
+
 /// A hidden sibling `.<file name>.<suffix>`, shortened with a digest of
 /// the name when it would exceed the usual 255-byte file-name limit.
 pub fn sibling(leaf: &str, suffix: &str) -> String {
@@ -229,6 +238,16 @@ mod tests {
     #[test]
     fn parts_are_hidden_siblings() {
         assert_eq!(sibling("b.txt", "fastdl-part"), ".b.txt.fastdl-part");
+        for ours in [
+            ".b.txt.fastdl-part",
+            "d/.b.fastdl-journal",
+            ".fastdl-0a1b.fastdl-part",
+        ] {
+            assert!(is_working_name(ours), "{ours}");
+        }
+        for theirs in ["b.fastdl-part", ".profile", "a.fastdl-journal.txt"] {
+            assert!(!is_working_name(theirs), "{theirs}");
+        }
         let long = "x".repeat(250);
         let part = sibling(&long, "fastdl-part");
         assert!(part.len() <= 255);

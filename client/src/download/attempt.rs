@@ -372,9 +372,12 @@ impl Attempt {
             self.stop(Stop::Failed(e));
             return false;
         }
-        if self.progress.copies() > 0 {
+        // Keyed on the copies asked for, not on their bytes: a copy whose
+        // connection was cut before it brought a whole piece counts too.
+        let copies = self.queue.copies_asked();
+        if copies > 0 {
             info!(
-                "{}: end game: pieces held up on a slow connection were asked for twice; {} of copies not used",
+                "{}: end game: pieces held up on a slow connection were asked for twice ({copies}); {} of copies not used",
                 entry.name,
                 human_bytes(self.progress.copies())
             );

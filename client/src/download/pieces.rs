@@ -55,6 +55,8 @@ struct State {
     paces: HashMap<Taker, Pace>,
     remaining: u64,
     halted: bool,
+    /// Copies handed out by the end game.
+    copies: u64,
 }
 
 /// The pieces of one file: pending, taken, landed.
@@ -91,6 +93,7 @@ impl PieceQueue {
                 paces: HashMap::new(),
                 remaining,
                 halted: false,
+                copies: 0,
             }),
         }
     }
@@ -202,6 +205,11 @@ impl PieceQueue {
         } else {
             state.pending.len() as u64
         }
+    }
+
+    /// How many copies the end game asked for.
+    pub fn copies_asked(&self) -> u64 {
+        self.lock().copies
     }
 
     /// Whether other takers hold pieces that have not landed: a copy may
@@ -316,6 +324,7 @@ fn take_copy(state: &mut State, by: Taker, rtt: Duration, now: Instant) -> Optio
             (eta > copy_eta.saturating_mul(COPY_MARGIN)).then_some((eta, piece))
         })
         .max()?;
+    state.copies += 1;
     if let Some(t) = state.taken[piece as usize].as_mut() {
         t.copied = true;
     }
@@ -417,6 +426,7 @@ mod tests {
             "unless its connection stalled"
         );
         assert_eq!(copy(MIN_STALL * 2), None, "no piece is copied twice");
+        assert_eq!(q.copies_asked(), 4);
     }
 
     #[test]

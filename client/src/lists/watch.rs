@@ -39,8 +39,7 @@ pub fn start(servers: &[Arc<Server>], changed: &Sender<usize>, shutdown: &Arc<Sh
 }
 
 fn watch(server: &Server, index: usize, changed: &Sender<usize>, shutdown: &Shutdown) {
-    // The generation last heard, kept across connections: a change while
-    // the watch was down shows as a new number on the next one.
+    // The generation last heard, kept across connections.
     let mut last: Option<u64> = None;
     let backoff = Backoff {
         first: FIRST_WAIT,
@@ -50,13 +49,17 @@ fn watch(server: &Server, index: usize, changed: &Sender<usize>, shutdown: &Shut
     while !shutdown.is_requested() {
         let mut heard = false;
         let ended = server.watch(|generation| {
-            heard = true;
-            if last.is_some_and(|l| l != generation) {
+            // The first number of each connection counts as a change too:
+            // the list may have changed between the lists fetched at start
+            // (or while the watch was down) and this watch; the scheduler
+            // fetches the lists only if some name waits.
+            if !heard || last.is_some_and(|l| l != generation) {
                 let _ = changed.send(index);
             }
+            heard = true;
             last = Some(generation);
         });
-        match ended {
+        match &ended {
             RequestError::WrongInput(why) => {
                 debug!(
                     "server {}: no WATCH ({why}); its list is polled",
@@ -67,8 +70,17 @@ fn watch(server: &Server, index: usize, changed: &Sender<usize>, shutdown: &Shut
             e if e.is_fatal() => return,
             e => debug!("server {}: list watch ended: {e}", server.addr()),
         }
-        // A watch that worked for a while starts the waits over.
-        failures = if heard { 1 } else { failures + 1 };
+        // A watch that worked starts the waits over, unless the server
+        // closed it to make room: a full server is not pressed again soon
+        // (the watcher would push out another idle connection).
+        let evicted = matches!(
+            &ended,
+            RequestError::Server {
+                code: fastdl_protocol::ErrorCode::Timeout,
+                ..
+            }
+        );
+        failures = if heard && !evicted { 1 } else { failures + 1 };
         let wait = backoff.wait(failures);
         let _ = shutdown.signal().recv_timeout(wait);
     }

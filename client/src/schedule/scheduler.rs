@@ -266,6 +266,11 @@ impl Scheduler {
                     self.refuse_line(line, format!("not a valid name: {e}"));
                     continue;
                 }
+                if crate::disk::store::is_working_name(name) {
+                    let why = "a name of the client's own part and journal files".to_owned();
+                    self.refuse_line(line, why);
+                    continue;
+                }
             }
             let is_url = matches!(item, Item::Url { .. });
             self.parts.progress.events.queued(&key, is_url);
@@ -597,7 +602,22 @@ impl Scheduler {
             info!("{key}: {e}; {next}");
         }
         if is_url {
-            self.queue_url(key.to_owned(), attempt);
+            // A file replaced once mid-download starts over at once; one
+            // whose answers keep saying "changed" (backends behind a load
+            // balancer with different ETags, say) is asked again with
+            // backoff, not in a loop.
+            if attempt <= 1 {
+                self.queue_url(key.to_owned(), attempt);
+            } else {
+                let at = Instant::now() + self.policy.backoff.wait(attempt - 1);
+                self.set(
+                    key,
+                    State::Retry {
+                        at,
+                        attempts: attempt,
+                    },
+                );
+            }
             return;
         }
         self.refresh();

@@ -3,7 +3,7 @@
 //! range (through the `headers` crate's typed headers), whether the
 //! connection stays open, the bearer token.
 
-use headers::{HeaderMap, HeaderMapExt, HeaderName, HeaderValue};
+use headers::{HeaderMap, HeaderName, HeaderValue};
 
 /// Most header lines one request may carry.
 const MAX_HEADERS: usize = 64;
@@ -36,7 +36,13 @@ impl Request {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut slots);
         match parsed.parse(head).map_err(BadRequest::Parse)? {
-            httparse::Status::Complete(_) => {}
+            // The head ends where httparse says; a head whose end is
+            // found elsewhere (mixed line endings) could hide a second
+            // request: refused, never half-read.
+            httparse::Status::Complete(n) if n == head.len() => {}
+            httparse::Status::Complete(_) => {
+                return Err(BadRequest::Parse(httparse::Error::NewLine))
+            }
             httparse::Status::Partial => return Err(BadRequest::Partial),
         }
         let mut headers = HeaderMap::new();
@@ -56,13 +62,17 @@ impl Request {
             headers,
         };
         // GET and HEAD carry no body; one announced would be left unread
-        // and taken for the next request.
+        // and taken for the next request. Any Content-Length other than
+        // exactly one "0" is refused: an invalid value or two that differ
+        // must not read as "no body" (request smuggling behind a proxy).
         let chunked = request.headers.contains_key("transfer-encoding");
-        let length = request
-            .headers
-            .typed_get::<headers::ContentLength>()
-            .is_some_and(|l| l.0 > 0);
-        if chunked || length {
+        let lengths: Vec<&HeaderValue> = request.headers.get_all("content-length").iter().collect();
+        let body = match lengths.as_slice() {
+            [] => false,
+            [only] => only.as_bytes().trim_ascii() != b"0",
+            _ => true,
+        };
+        if chunked || body {
             return Err(BadRequest::Body);
         }
         Ok(request)
@@ -141,6 +151,32 @@ pub fn target(raw: &str) -> Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use headers::HeaderMapExt;
+
+    #[test]
+    fn a_body_in_any_form_is_refused() {
+        let with =
+            |extra: &str| Request::parse(format!("GET / HTTP/1.1\r\n{extra}\r\n").as_bytes());
+        assert!(with("Content-Length: 0\r\n").is_ok());
+        assert!(with("").is_ok());
+        for bad in [
+            "Content-Length: 30\r\n",
+            "Content-Length: 30x\r\n",
+            "Content-Length: 0\r\nContent-Length: 31\r\n",
+            "Content-Length: 0\r\nContent-Length: 0\r\n",
+            "Transfer-Encoding: chunked\r\n",
+        ] {
+            assert!(matches!(with(bad), Err(BadRequest::Body)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_that_ends_before_its_bytes_do_is_refused() {
+        // httparse ends this head at the first "\n\r\n"; what follows
+        // would be another request read as part of this one.
+        let head = b"GET /a HTTP/1.1\nHost: x\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        assert!(Request::parse(head).is_err());
+    }
 
     #[test]
     fn a_request_head_is_parsed_with_its_headers() {

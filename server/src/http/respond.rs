@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use fastdl_protocol::Listing;
-use headers::{HeaderMapExt, IfRange};
+use headers::HeaderMapExt;
 
 use super::request::Request;
 use crate::catalog::FileInfo;
@@ -25,6 +25,39 @@ pub enum Answer {
     Unsatisfiable,
 }
 
+/// Whether an `If-Range` value still names this version of the file, by
+/// exact match (RFC 9110, 13.1.5): the same strong ETag, or exactly the
+/// Last-Modified date, and a date only while it is a strong validator
+/// (the file is at least a second older than `now`: within the second of
+/// its mtime, two versions could carry the same date). A later date is
+/// not a match: a file put back with an older mtime (`cp -p`, `rsync -t`)
+/// is another version.
+fn if_range_holds(
+    value: &str,
+    etag: &headers::ETag,
+    modified: SystemTime,
+    now: SystemTime,
+) -> bool {
+    let value = value.trim();
+    let mut ours = headers::HeaderMap::new();
+    ours.typed_insert(etag.clone());
+    ours.typed_insert(headers::LastModified::from(modified));
+    let same = |name: &str| {
+        ours.get(name)
+            .is_some_and(|v| v.as_bytes() == value.as_bytes())
+    };
+    if value.starts_with('"') {
+        return same("etag");
+    }
+    if value.starts_with("W/") {
+        return false;
+    }
+    let strong = now
+        .duration_since(modified)
+        .is_ok_and(|age| age >= std::time::Duration::from_secs(1));
+    strong && same("last-modified")
+}
+
 /// The answer to a request for a file of `size` bytes with validators
 /// `etag` and `modified`: a single satisfiable range is served as such;
 /// several ranges, a malformed one, or an `If-Range` that no longer holds
@@ -33,9 +66,11 @@ pub fn answer(request: &Request, size: u64, etag: &headers::ETag, modified: Syst
     let Some(range) = request.headers.typed_get::<headers::Range>() else {
         return Answer::Whole;
     };
-    if let Some(if_range) = request.headers.typed_get::<IfRange>() {
-        let last_modified = headers::LastModified::from(modified);
-        if if_range.is_modified(Some(etag), Some(&last_modified)) {
+    if let Some(if_range) = request.headers.get("if-range") {
+        let holds = if_range
+            .to_str()
+            .is_ok_and(|v| if_range_holds(v, etag, modified, SystemTime::now()));
+        if !holds {
             return Answer::Whole;
         }
     }
@@ -279,6 +314,8 @@ mod tests {
         assert_eq!(answer_of("bytes=9-2"), Answer::Whole);
         assert_eq!(answer_of("lines=1-2"), Answer::Whole);
         let stale = answer(&request("bytes=0-9", Some("\"old\"")), 100, &tag, now);
+        let weak = answer(&request("bytes=0-9", Some("W/\"abc\"")), 100, &tag, now);
+        assert_eq!(weak, Answer::Whole, "a weak tag never matches");
         assert_eq!(stale, Answer::Whole, "If-Range no longer holds");
         let fresh = answer(&request("bytes=0-9", Some("\"abc\"")), 100, &tag, now);
         assert_eq!(
@@ -288,6 +325,27 @@ mod tests {
                 length: 10
             }
         );
+    }
+
+    #[test]
+    fn if_range_dates_match_exactly_and_only_when_strong() {
+        let tag: headers::ETag = "\"abc\"".parse().unwrap();
+        let modified = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let date = "Tue, 14 Nov 2023 22:13:20 GMT";
+        let later = modified + std::time::Duration::from_secs(60);
+        assert!(if_range_holds(date, &tag, modified, later));
+        // A date after the file's: not this version (it was put back
+        // with an older mtime).
+        assert!(!if_range_holds(
+            "Tue, 14 Nov 2023 22:14:20 GMT",
+            &tag,
+            modified,
+            later
+        ));
+        // Within the second of its mtime, a date is weak.
+        assert!(!if_range_holds(date, &tag, modified, modified));
+        assert!(if_range_holds("\"abc\"", &tag, modified, modified));
+        assert!(!if_range_holds("\"abd\"", &tag, modified, later));
     }
 
     #[test]

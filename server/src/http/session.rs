@@ -58,7 +58,14 @@ pub async fn serve(
     let port = &ctx.stats.ports[port_index];
     let _active = port.enter();
 
-    if let Some(io) = set_up(&ctx, &transport, stream, peer).await {
+    // Closed to make room (or shutdown) before its first request: the
+    // socket goes at once, not at the idle deadline.
+    let io = tokio::select! {
+        biased;
+        () = ticket.close.cancelled() => None,
+        io = set_up(&ctx, &transport, stream, peer) => io,
+    };
+    if let Some(io) = io {
         let mut session = Session {
             ctx: &ctx,
             conn: Conn::new(io, peer),
@@ -205,7 +212,17 @@ impl Session<'_> {
                 )
                 .await;
         }
-        match target(&request.target) {
+        let mut wanted = target(&request.target);
+        // A published file named index.html or index.json is that file,
+        // not the index (the index links it by that path).
+        if let Target::Index | Target::Json = wanted {
+            let path = request.target.trim_start_matches('/');
+            let name = path.split(['?', '#']).next().unwrap_or("");
+            if self.ctx.catalog.snapshot().files.contains_key(name) {
+                wanted = Target::File(name.to_owned());
+            }
+        }
+        match wanted {
             Target::Index if request.wants_json() => self.index(true, head_only, keep).await,
             Target::Index => self.index(false, head_only, keep).await,
             Target::Json => self.index(true, head_only, keep).await,

@@ -100,7 +100,7 @@ pub fn probe(agent: &Agent, url: &str, floor: SpeedFloor) -> Result<Probed, Prob
                 .and_then(|r| r.bytes_len())
                 .ok_or(ProbeError::NoSize)?;
             match range.and_then(|r| r.bytes_range()) {
-                Some((0, end)) if end + 1 == size.min(PIECE_SIZE) => {}
+                Some((0, end)) if size.min(PIECE_SIZE).checked_sub(1) == Some(end) => {}
                 other => {
                     return Err(ProbeError::Unexpected(format!(
                         "asked for the first {PIECE_SIZE} bytes, got range {other:?} of {size}"
@@ -193,7 +193,10 @@ pub fn name_for(url: &str, headers: &HeaderMap) -> Option<String> {
         .into_iter()
         .flatten()
         .map(|name| last_component(&name))
-        .find(|name| fastdl_protocol::validate_name(name).is_ok())
+        .find(|name| {
+            fastdl_protocol::validate_name(name).is_ok()
+                && !crate::disk::store::is_working_name(name)
+        })
 }
 
 /// The part of `name` after its last `/` or `\`: a name from a server
@@ -331,6 +334,13 @@ mod tests {
             "attachment; filename=\"../../etc/passwd\"",
         )]);
         assert_eq!(name_for("http://h/x/", &sneaky).as_deref(), Some("passwd"));
+        // The shape of the client's own working files is never taken.
+        let ours = headers(&[(
+            "content-disposition",
+            "attachment; filename=\".r.pdf.fastdl-journal\"",
+        )]);
+        assert_eq!(name_for("http://h/r.pdf", &ours).as_deref(), Some("r.pdf"));
+        assert_eq!(name_for("http://h/.r.pdf.fastdl-part", &none), None);
         assert_eq!(name_for("http://h/a%2F..%2Fb", &none).as_deref(), Some("b"));
         assert_eq!(name_for("http://h/%2e%2e", &none), None);
         assert_eq!(name_for("http://h/", &none), None);
