@@ -1159,6 +1159,72 @@ def case_pickup(cfg, have):
     ROWS.append({"case": "4. pick-up latency: name appended to the watched input until its 10 KiB file is in place",
                  "fastdl": cell, "aria2c": "–", "lftp": "–", "curl": "–", "ratio": "–",
                  "rss": f"fastdl watch client: {rss_str(rss)}"})
+    case_published_later(cfg, wd, max(3, k // 4))
+
+
+def case_published_later(cfg, wd, k):
+    """Case 4, second half: the name is in the input before its file is
+    published; the time from the file's rename into the server's folder to
+    the file in place. The client polls the list every 5 s (its default);
+    a server that announces list changes (WATCH) makes it land sooner."""
+    case = "later"
+    folder, indir, out = (os.path.join(wd, x) for x in ("later-res", "later-in", "later-out"))
+    for d in (folder, indir, out):
+        fresh_dir(d)
+    inp = os.path.join(indir, "input.txt")
+    names = [f"late{i:02d}.bin" for i in range(k)]
+    with open(inp, "w") as f:
+        f.write("".join(x + "\n" for x in names))
+    srv = FastdlServer(case, folder, wd, tls=True)
+    CLEANUP.append(srv.stop)
+    clog = os.path.join(wd, "later-client.log")
+    cout = open(os.path.join(wd, "later-client.out"), "wb")
+    cp = popen([CLIENT_BIN, "--server", srv.addr, "--input", inp, "--out", out, "--log", clog, "-q",
+                *srv.client_args], stdout=cout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    samples, err = [], None
+    log(f"case 4b: a name waiting for its file, {k} samples (the client polls every 5 s)")
+    try:
+        time.sleep(1.0)
+        for i, name in enumerate(names):
+            hidden = os.path.join(folder, "." + name + ".tmp")
+            with open(hidden, "wb") as f:
+                f.write(os.urandom(10 * KIB))
+            time.sleep(0.5)
+            t0 = time.perf_counter()
+            os.rename(hidden, os.path.join(folder, name))
+            target = os.path.join(out, name)
+            while time.perf_counter() - t0 < 15:
+                if os.path.exists(target):
+                    samples.append((time.perf_counter() - t0) * 1000)
+                    log(f"  published-later sample {i + 1}/{k}: {samples[-1]:.0f} ms")
+                    break
+                if cp.poll() is not None:
+                    raise RuntimeError(f"fastdl-client exited {cp.returncode}: " + grep_problems(clog))
+                time.sleep(0.005)
+            else:
+                ERRORS.append((case, "fastdl watch", i, f"{name} not in place within 15 s"))
+    except RuntimeError as e:
+        err = str(e)
+    finally:
+        if cp.poll() is None:
+            cp.send_signal(signal.SIGINT)
+            try:
+                cp.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                kill_group(cp)
+                cp.wait()
+        forget(cp)
+        cout.close()
+        srv.stop()
+    RAW.append("- later · fastdl watch: " + ", ".join(f"{x:.0f}ms" for x in samples))
+    if samples:
+        cell = (f"median {fmt_num(median(samples))} ms (min {fmt_num(min(samples))} – max "
+                f"{fmt_num(max(samples))}), {len(samples)}/{k} samples")
+    else:
+        cell = "FAILED: " + (err or "no sample")[:200]
+    ROWS.append({"case": "4b. a name waiting for its file: the file renamed into the server's folder until it is in place (client polls every 5 s)",
+                 "fastdl": cell, "aria2c": "–", "lftp": "–", "curl": "–",
+                 "ratio": "–", "rss": "–"})
 
 
 def many_round(case, tool, nc, size, wd, data, r, spec_for, label="many"):

@@ -167,10 +167,10 @@ impl FileProgress {
         }
     }
 
-    /// Counts `n` more bytes received.
+    /// Counts `n` more bytes received (shown at once; counted as fetched
+    /// once their whole piece is in, [`Self::piece_read`]).
     pub fn add(&self, n: u64) {
         let received = self.received.fetch_add(n, Ordering::Relaxed) + n;
-        self.fetched.fetch_add(n, Ordering::Relaxed);
         self.owner.add_bytes(n);
         match &self.bar {
             Some(bar) => bar.set_position(received),
@@ -204,11 +204,19 @@ impl FileProgress {
         }
     }
 
-    /// Takes back bytes of a piece that had landed by another copy (the
-    /// end game): they count as copies, not as fetched.
+    /// Counts a piece of `n` bytes judged: landed, or failed its check
+    /// (a copy that lost the race is not counted). What "fetched" reports:
+    /// counted at the verdict, not as bytes come, so the figure does not
+    /// depend on how far a copy still in flight had got when the file
+    /// landed (the end game cuts it afterwards).
+    pub fn fetched_piece(&self, n: u64) {
+        self.fetched.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes back the `n` bytes of a copy that another copy beat (the end
+    /// game; whole, or cut off): they count as copies, not as fetched.
     pub fn copy_not_used(&self, n: u64) {
         self.take_back(n);
-        self.fetched.fetch_sub(n, Ordering::Relaxed);
         self.copies.fetch_add(n, Ordering::Relaxed);
     }
 
@@ -222,7 +230,8 @@ impl FileProgress {
         self.fetched() as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
     }
 
-    /// Bytes received from the network in this attempt (bad pieces included).
+    /// Bytes of pieces fetched in this attempt that landed or failed their
+    /// check (copies that lost the race, and pieces given back, not).
     pub fn fetched(&self) -> u64 {
         self.fetched.load(Ordering::Relaxed)
     }

@@ -107,6 +107,7 @@ pub fn land(
     };
     if want.is_some_and(|want| digest != want) {
         progress.take_back(length as u64);
+        progress.fetched_piece(length as u64);
         warn!(
             "{name}: piece {piece} (bytes {offset}..{}) from {source} failed verification; fetching it again",
             offset + length as u64,
@@ -139,5 +140,6 @@ pub fn land(
         progress.copy_not_used(length as u64);
         return Ok(Landed::Copy);
     }
+    progress.fetched_piece(length as u64);
     Ok(Landed::Yes)
 }

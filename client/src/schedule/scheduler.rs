@@ -100,11 +100,15 @@ pub struct Scheduler {
     url_busy: usize,
     /// The last failure reported per line (a failure is reported once).
     reported: HashMap<String, String>,
+    /// How often each line waited for another download of the same name:
+    /// its wait doubles each time (a URL is probed again after each wait).
+    parked: HashMap<String, u32>,
     next_refresh: Instant,
     summary: Summary,
 }
 
-/// How long a line waits when another one is landing under the same name.
+/// How long a line first waits when another one is landing under the same
+/// name (then twice as long each time, up to 64 times this).
 const SAME_NAME_WAIT: Duration = Duration::from_millis(500);
 
 impl Scheduler {
@@ -117,6 +121,7 @@ impl Scheduler {
             url_queue: VecDeque::new(),
             url_busy: 0,
             reported: HashMap::new(),
+            parked: HashMap::new(),
             next_refresh: Instant::now(),
             summary: Summary::default(),
         }
@@ -334,7 +339,9 @@ impl Scheduler {
                 // Its probe slot frees; it is queued again when due.
                 self.url_busy -= 1;
             }
-            let at = Instant::now() + SAME_NAME_WAIT;
+            let times = self.parked.entry(key.clone()).or_insert(0);
+            *times += 1;
+            let at = Instant::now() + SAME_NAME_WAIT * 2u32.pow((*times - 1).min(6));
             self.set(
                 &key,
                 State::Retry {

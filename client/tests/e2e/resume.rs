@@ -134,7 +134,7 @@ fn client_killed_then_resumes_without_refetching_kept_pieces() {
         .unwrap_or_else(|| panic!("fetched amount in {fetched_line:?}"));
     assert!(
         fetched_mib <= (16 - resumed) as f64 + 0.01,
-        "{fetched_line}"
+        "{fetched_line}\n{log}"
     );
 }
 
@@ -167,8 +167,8 @@ fn a_flipped_byte_costs_one_piece() {
     let log = client_log(&work);
     // The flipped piece is caught and fetched again: 7 MiB in all. On a
     // loaded machine the end game may have asked for that piece on another
-    // connection too, and cut the flipped copy before it was judged: then
-    // it is the copy that costs the extra piece.
+    // connection too, and the good copy landed first: then the flipped one
+    // is cut, or judged (and caught) after the file landed.
     let caught = log
         .matches("failed verification; fetching it again")
         .count();
@@ -179,8 +179,10 @@ fn a_flipped_byte_costs_one_piece() {
         .unwrap_or_default()
         .to_owned();
     assert!(caught <= 1, "{log}");
+    // "Fetched" counts whole pieces read by the time the file landed: a
+    // flipped copy judged after the good copy landed is not in it.
     assert!(
-        fetched == "7.0 MiB" || (caught == 0 && log.contains("end game")),
+        fetched == "7.0 MiB" || (fetched == "6.0 MiB" && log.contains("end game")),
         "one extra piece only (fetched {fetched:?}): {log}"
     );
 }

@@ -173,3 +173,31 @@ fn watch_announces_list_changes_and_beats_while_quiet() {
         started.elapsed()
     );
 }
+
+#[test]
+fn sighup_reopens_the_log_file_and_the_server_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let res = tmp.path().join("res");
+    write_file(&res.join("a.bin"), 1000, 1);
+    let server = Server::start(&res, tmp.path(), &["--plaintext"]);
+    let rotated = server.log.with_extension("log.1");
+    // What logrotate does: move the file away, then SIGHUP.
+    std::fs::rename(&server.log, &rotated).unwrap();
+    server.signal(rustix::process::Signal::HUP);
+    fastdl_testkit::wait_until(Duration::from_secs(10), "a new log file", || {
+        server.log.exists()
+    });
+    // Still serving, and the session goes into the new file.
+    let (mut r, mut w) = connect(&server);
+    w.write_all(b"FASTDL 2\nLIST\n").unwrap();
+    assert_eq!(line(&mut r), "FASTDL 2");
+    assert_eq!(line(&mut r), "LIST 1");
+    drop((r, w));
+    fastdl_testkit::wait_until(
+        Duration::from_secs(10),
+        "the session in the new log",
+        || server.log_text().contains("127.0.0.1"),
+    );
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("listening on"), "{old}");
+}
