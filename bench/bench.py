@@ -1078,6 +1078,21 @@ def case_wan(cfg, have):
                      "sch_netem): a userspace packet forwarder, so throughput is also bounded by its CPU cost.")
 
 
+def stop_watch_client(cp, cout, srv):
+    """Ctrl-C to a watch-mode client (killed if it does not stop within
+    5 s), then its output file and its server."""
+    if cp.poll() is None:
+        cp.send_signal(signal.SIGINT)
+        try:
+            cp.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            kill_group(cp)
+            cp.wait()
+    forget(cp)
+    cout.close()
+    srv.stop()
+
+
 def case_pickup(cfg, have):
     case = "pickup"
     k = cfg.pick_samples
@@ -1137,16 +1152,7 @@ def case_pickup(cfg, have):
         err = str(e)
     finally:
         rss = read_vmhwm_kb(cp.pid)
-        if cp.poll() is None:
-            cp.send_signal(signal.SIGINT)
-            try:
-                cp.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                kill_group(cp)
-                cp.wait()
-        forget(cp)
-        cout.close()
-        srv.stop()
+        stop_watch_client(cp, cout, srv)
     if err:
         ERRORS.append((case, "fastdl watch", 0, err))
         log(f"FAILED case 4: {err}")
@@ -1206,16 +1212,7 @@ def case_published_later(cfg, wd, k):
     except RuntimeError as e:
         err = str(e)
     finally:
-        if cp.poll() is None:
-            cp.send_signal(signal.SIGINT)
-            try:
-                cp.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                kill_group(cp)
-                cp.wait()
-        forget(cp)
-        cout.close()
-        srv.stop()
+        stop_watch_client(cp, cout, srv)
     RAW.append("- later · fastdl watch: " + ", ".join(f"{x:.0f}ms" for x in samples))
     if samples:
         cell = (f"median {fmt_num(median(samples))} ms (min {fmt_num(min(samples))} – max "
