@@ -11,7 +11,7 @@
 //! line, which [`reopen`] writes at once.
 
 use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, LineWriter, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -61,14 +61,21 @@ pub fn reopen() {
     log::info!("log file reopened (SIGHUP)");
 }
 
-/// The log file, reopened by name when [`reopen`] asked for it.
+/// The log file, reopened by name when [`reopen`] asked for it. simplelog
+/// writes a record in several pieces; they are gathered here and the
+/// record goes out in one write at its newline (one syscall per line, and
+/// the logger's lock held that long: with thousands of files a line is
+/// logged from several threads at once; `LineWriter` made it two writes).
 struct LogFile {
     path: PathBuf,
-    file: LineWriter<File>,
-    /// Whether the last write ended a line: the file is only switched
-    /// between records, never in the middle of one.
-    at_line_start: bool,
+    file: File,
+    /// The record being gathered. The file is switched only between
+    /// records, when this is empty.
+    line: Vec<u8>,
 }
+
+/// A record longer than this goes out without waiting for its newline.
+const MAX_GATHERED: usize = 64 * 1024;
 
 fn open_log(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
@@ -76,23 +83,27 @@ fn open_log(path: &Path) -> std::io::Result<File> {
 
 impl Write for LogFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.at_line_start && REOPEN.swap(false, Ordering::SeqCst) {
-            let _ = self.file.flush();
+        if self.line.is_empty() && REOPEN.swap(false, Ordering::SeqCst) {
             match open_log(&self.path) {
-                Ok(file) => self.file = LineWriter::new(file),
+                Ok(file) => self.file = file,
                 // Keep writing where we did: losing the log is worse.
                 Err(e) => eprintln!("cannot reopen log file {}: {e}", self.path.display()),
             }
         }
-        let n = self.file.write(buf)?;
-        if n > 0 {
-            self.at_line_start = buf[n - 1] == b'\n';
+        self.line.extend_from_slice(buf);
+        if buf.ends_with(b"\n") || self.line.len() > MAX_GATHERED {
+            self.flush()?;
         }
-        Ok(n)
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+        if !self.line.is_empty() {
+            let written = self.file.write_all(&self.line);
+            self.line.clear();
+            written?;
+        }
+        Ok(())
     }
 }
 
@@ -111,15 +122,14 @@ pub fn build(level: LevelFilter, file: &Path) -> Result<(Box<dyn log::Log>, Leve
         TermLogger::new(level, config(), TerminalMode::Stderr, colors);
     let combined = CombinedLogger::new(vec![
         term,
-        // simplelog writes a record in several pieces: a LineWriter turns
-        // each record into one write (it matters with thousands of files).
+        // One write per record (see LogFile).
         WriteLogger::new(
             level.max(LevelFilter::Info),
             config(),
             LogFile {
                 path: file.to_path_buf(),
-                file: LineWriter::new(log_file),
-                at_line_start: true,
+                file: log_file,
+                line: Vec::new(),
             },
         ),
     ]);

@@ -40,6 +40,7 @@ pub mod worker;
 mod engine_tests;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -89,6 +90,8 @@ pub struct Shared {
     wake_opener: Condvar,
     outcomes: Sender<Report>,
     verified: Sender<ToLand>,
+    /// Per source, whether its workers run (see [`Source::on_demand`]).
+    started: Vec<AtomicBool>,
 }
 
 /// The files of the engine.
@@ -147,7 +150,9 @@ impl Engine {
         outcomes: Sender<Report>,
         verified: Sender<ToLand>,
     ) -> Engine {
+        let started = sources.iter().map(|_| Default::default()).collect();
         let shared = Arc::new(Shared {
+            started,
             sources,
             settings,
             out,
@@ -159,14 +164,9 @@ impl Engine {
             outcomes,
             verified,
         });
-        let mut taker = 0;
         for source in 0..shared.sources.len() {
-            for _ in 0..shared.settings.connections {
-                let (shared, me) = (Arc::clone(&shared), Taker(taker));
-                taker += 1;
-                spawn(&format!("conn {source}.{}", me.0), move || {
-                    worker::Worker::new(shared, source, me).run()
-                });
+            if !shared.sources[source].on_demand() {
+                start_workers(&shared, source);
             }
         }
         {
@@ -192,6 +192,9 @@ impl Engine {
 
     /// Queues a file.
     pub fn submit(&self, job: Job) {
+        for &source in &job.sources {
+            start_workers(&self.shared, source);
+        }
         self.shared.lock().queued.push_back(job);
         self.shared.wake_opener.notify_one();
     }
@@ -204,6 +207,25 @@ impl Engine {
     /// The sources, for the scheduler's list fetches.
     pub fn sources(&self) -> &[Arc<dyn Source>] {
         &self.shared.sources
+    }
+}
+
+/// Starts the `--connections` workers of `source`, unless they run.
+/// Worker `i` of source `s` is taker `s * connections + i`.
+fn start_workers(shared: &Arc<Shared>, source: usize) {
+    let Some(started) = shared.started.get(source) else {
+        return;
+    };
+    if started.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let connections = shared.settings.connections;
+    for i in 0..connections {
+        let me = Taker(source * connections + i);
+        let shared = Arc::clone(shared);
+        spawn(&format!("conn {source}.{}", me.0), move || {
+            worker::Worker::new(shared, source, me).run()
+        });
     }
 }
 
@@ -263,9 +285,15 @@ impl Shared {
     /// ones have fewer pieces left to take than the workers could ask for
     /// at once, up to `max_files` files; until shutdown.
     fn open_ahead(&self) {
-        let workers = (self.sources.len() * self.settings.connections) as u64;
-        let lookahead = workers * LOOKAHEAD_PER_WORKER;
         loop {
+            // The workers running now (a source on demand starts later).
+            let running = self
+                .started
+                .iter()
+                .filter(|s| s.load(Ordering::Relaxed))
+                .count();
+            let lookahead =
+                (running.max(1) * self.settings.connections) as u64 * LOOKAHEAD_PER_WORKER;
             let job = {
                 let mut board = self.lock();
                 loop {

@@ -73,7 +73,7 @@ pub async fn serve(
             held: None,
             refused: 0,
         };
-        session.requests(&ticket).await;
+        Box::pin(session.requests(&ticket)).await;
     }
 }
 
@@ -97,13 +97,17 @@ async fn set_up(
     let starts_tls = first == fastdl_tls::TLS_HANDSHAKE_BYTE;
     match (transport, starts_tls) {
         (Transport::Plain, false) => Some(Io::Plain(stream)),
-        (Transport::Tls(_), true) => match transport.setup(stream, first, lines.per_line).await {
-            Ok(io) => Some(io),
-            Err(e) => {
-                debug!("{peer}: HTTP: {e}");
-                None
+        // Boxed, as for fastdl connections: the handshake's state is not
+        // part of every waiting connection's task.
+        (Transport::Tls(_), true) => {
+            match Box::pin(transport.setup(stream, first, lines.per_line)).await {
+                Ok(io) => Some(io),
+                Err(e) => {
+                    debug!("{peer}: HTTP: {e}");
+                    None
+                }
             }
-        },
+        }
         (Transport::Tls(_), false) => {
             let mut io = Io::Plain(stream);
             let answer = respond::text(

@@ -98,9 +98,25 @@ pub async fn serve(
     let Some(io) = set_up(&ctx, stream, peer, &ticket).await else {
         return;
     };
+    // The requests' state (replies, transfers) lives in its own allocation,
+    // made once the connection is set up: a task waiting for its first
+    // byte then costs only what waiting needs (see set_up).
+    Box::pin(requests(&ctx, io, peer, &ticket, port_index, started)).await;
+}
+
+/// The requests of one set-up connection, until it ends.
+async fn requests(
+    ctx: &Ctx,
+    io: Io,
+    peer: SocketAddr,
+    ticket: &Ticket,
+    port_index: usize,
+    started: Instant,
+) {
+    let port = &ctx.stats.ports[port_index];
     let mut session = Session {
         conn: Conn::new(io, peer),
-        ctx: &ctx,
+        ctx,
         port,
         port_index,
         greeted: false,
@@ -149,7 +165,7 @@ pub async fn serve(
             Next::Continue => {}
             Next::Close => break,
             Next::Watch => {
-                session.watch(&ticket).await;
+                session.watch(ticket).await;
                 break;
             }
         }
@@ -174,7 +190,9 @@ async fn set_up(
     };
     let why = match first {
         Some(Ok(first)) => {
-            let setup = ctx.transport.setup(stream, first, lines.per_line);
+            // Boxed: the TLS handshake's state is kilobytes, and inline it
+            // would size every connection's task, idle ones included.
+            let setup = Box::pin(ctx.transport.setup(stream, first, lines.per_line));
             return tokio::select! {
                 biased;
                 () = ticket.close.cancelled() => None,

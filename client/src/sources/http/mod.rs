@@ -281,6 +281,10 @@ impl Source for Http {
         "http"
     }
 
+    fn on_demand(&self) -> bool {
+        true
+    }
+
     fn connect(&self) -> Result<Box<dyn Channel>, SourceError> {
         Ok(Box::new(channel::HttpChannel::new(
             self.agent.clone(),
