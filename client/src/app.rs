@@ -105,15 +105,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .into_iter()
         .map(|endpoint| Arc::new(Server::new(endpoint)))
         .collect();
-    // `--once` knows its names before the list: read them now.
-    let once_names = if args.once {
-        let content = input::read_input(&args.input)
-            .with_context(|| format!("cannot read {}", args.input.display()))?
-            .with_context(|| format!("{} does not exist", args.input.display()))?;
-        Some(input::parse_names(&content))
-    } else {
-        None
-    };
+    let once_names = once_lines(&args)?;
     // A `--once` list of URLs only needs no fastdl server at all.
     let needs_lists = once_names.as_ref().is_none_or(|lines| {
         lines
@@ -139,16 +131,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max: MAX_RETRY_WAIT,
     };
     let (lists, unreachable) = if needs_lists {
-        // `--once` tries as often as for a file; watch mode goes on at
-        // once, its names waiting for the list.
-        let tries = if args.once { args.retries as u32 } else { 1 };
-        let Some((lists, unreachable)) = first_lists(&servers, tries, backoff, &shutdown)? else {
+        let Some(first) = start_lists(&args, &servers, backoff, &progress, &shutdown)? else {
             return Ok(interrupted(args.once));
         };
-        if unreachable.is_none() {
-            crate::lists::print(&lists.by_server, &mut progress.events.text_out());
-        }
-        (lists, unreachable)
+        first
     } else {
         (Lists::empty(servers.len()), None)
     };
@@ -186,6 +172,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let scheduler = Scheduler::new(parts, policy, Arc::clone(&shutdown));
     report(scheduler.run(names), args.once)
+}
+
+/// `--once` knows its lines before the lists: they are read now (`None`
+/// in watch mode, which watches the file instead).
+fn once_lines(args: &Args) -> Result<Option<Vec<String>>> {
+    if !args.once {
+        return Ok(None);
+    }
+    let content = input::read_input(&args.input)
+        .with_context(|| format!("cannot read {}", args.input.display()))?
+        .with_context(|| format!("{} does not exist", args.input.display()))?;
+    Ok(Some(input::parse_names(&content)))
+}
+
+/// The servers' first lists, printed when there are any; `None` if
+/// Ctrl-C came first. `--once` tries as often as for a file; watch mode
+/// goes on after one try, its names waiting for the lists.
+fn start_lists(
+    args: &Args,
+    servers: &[Arc<Server>],
+    backoff: Backoff,
+    progress: &Progress,
+    shutdown: &Arc<Shutdown>,
+) -> Result<Option<(Lists, Option<String>)>> {
+    let tries = if args.once { args.retries as u32 } else { 1 };
+    let Some((lists, unreachable)) = first_lists(servers, tries, backoff, shutdown)? else {
+        return Ok(None);
+    };
+    if unreachable.is_none() {
+        crate::lists::print(&lists.by_server, &mut progress.events.text_out());
+    }
+    Ok(Some((lists, unreachable)))
 }
 
 /// Logging to the terminal (above the progress bars, if any) and the log

@@ -20,6 +20,8 @@ const PLAIN_EVERY: Duration = Duration::from_secs(5);
 /// bytes present (shared with its [`FileProgress`]).
 type LiveFile = (u64, String, u64, Arc<AtomicU64>);
 
+/// What the user sees of the whole run: the bars (or plain lines), the
+/// total, the files in progress, and the `--json` events.
 pub struct Progress {
     multi: Option<MultiProgress>,
     total: Option<ProgressBar>,

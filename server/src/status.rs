@@ -13,9 +13,13 @@ use fastdl_support::human_bytes;
 /// Counters of one listening port.
 #[derive(Debug, Default)]
 pub struct PortStats {
+    /// The port these counters are for.
     pub port: u16,
+    /// Connections accepted since start.
     pub accepted: AtomicU64,
+    /// Connections open now.
     pub active: AtomicUsize,
+    /// Bytes of file data sent since start.
     pub bytes_sent: AtomicU64,
 }
 
@@ -41,8 +45,11 @@ impl Drop for ActiveGuard<'_> {
 /// Counters of the whole server.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// One per listening port (fastdl ports, then the HTTP face).
     pub ports: Vec<PortStats>,
+    /// Ranges being sent now.
     pub active_transfers: AtomicUsize,
+    /// Connections refused (busy) since start.
     pub refused: AtomicU64,
 }
 

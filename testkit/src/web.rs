@@ -21,6 +21,7 @@ pub struct Pki {
     pub ca: PathBuf,
     /// The server's certificate and key.
     pub cert: PathBuf,
+    /// The server certificate's private key, for nginx.
     pub key: PathBuf,
 }
 
@@ -82,6 +83,7 @@ pub struct Nginx {
     pub http: String,
     /// `https://127.0.0.1:PORT`, with a certificate of [`Nginx::pki`].
     pub https: String,
+    /// The private CA and certificate nginx serves https with.
     pub pki: Pki,
     /// One line per request: `STATUS BYTES "RANGE" REQUEST`.
     pub access_log: PathBuf,

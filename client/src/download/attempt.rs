@@ -68,10 +68,15 @@ enum Plan {
 
 /// What an attempt's phases share with the engine.
 pub struct Context<'a> {
+    /// Where the part file is made.
     pub out: &'a OutDir,
+    /// Where the file's bar and counters go.
     pub progress: &'a Arc<Progress>,
+    /// Where an attempt that ends early reports.
     pub outcomes: &'a Sender<Report>,
+    /// Where a verified file goes (the lander).
     pub verified: &'a Sender<ToLand>,
+    /// Whether `--plan` asks the server to push the file.
     pub plan: bool,
 }
 
@@ -94,13 +99,20 @@ struct State {
 
 /// One attempt at one file.
 pub struct Attempt {
+    /// What is downloaded, and from where.
     pub job: Job,
+    /// Where it lands (folder and name) and its part file.
     pub spot: Spot,
     part: File,
+    /// Writes verified pieces into the part file.
     pub writer: PieceWriter,
+    /// Which pieces are pending, taken, landed.
     pub queue: PieceQueue,
+    /// The pieces' digests, which may still be coming.
     pub expected: Expected,
+    /// This file's bar and counters.
     pub progress: FileProgress,
+    /// Connections still receiving copies, cut when the file is done.
     pub leftovers: Leftovers,
     resume: bool,
     state: Mutex<State>,

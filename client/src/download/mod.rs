@@ -76,10 +76,15 @@ pub struct Settings {
 
 /// What the engine's workers share.
 pub struct Shared {
+    /// Where pieces come from (fastdl servers, then the web).
     pub sources: Vec<Arc<dyn Source>>,
+    /// Connections, jobs, rate limit, plan.
     pub settings: Settings,
+    /// The output folder.
     pub out: OutDir,
+    /// Bars, counters and events.
     pub progress: Arc<Progress>,
+    /// Ctrl-C: every wait ends.
     pub shutdown: Arc<Shutdown>,
     board: Mutex<Board>,
     /// Signalled when work may be there: a file opened, a piece given
@@ -123,8 +128,11 @@ pub const LOOKAHEAD_PER_WORKER: u64 = worker::MAX_DEPTH as u64;
 
 /// What a worker may take, as far as it is concerned.
 pub struct Wants<'a> {
+    /// The worker's source.
     pub source: usize,
+    /// Which worker asks (pieces are taken per worker).
     pub taker: Taker,
+    /// Its connection's round trip (for the end game's estimate).
     pub rtt: Duration,
     /// Whether it can run something long without holding up answers it
     /// owes (a plan).

@@ -74,8 +74,11 @@ impl Job {
 /// A whole-file digest a file must have, and who said so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
+    /// Which digest.
     pub algo: Algo,
+    /// The digest the file must have.
     pub want: Vec<u8>,
+    /// Who claimed it (for the message when it does not match).
     pub from: Claimant,
 }
 
@@ -221,6 +224,7 @@ pub struct Verified {
     pub checked: Option<Algo>,
     /// Network rate and bytes fetched in this attempt, for the log.
     pub rate: f64,
+    /// Bytes of pieces fetched in this attempt (for the log line).
     pub fetched: u64,
 }
 

@@ -33,10 +33,13 @@ use crate::sources::http::probe::{ProbeError, Probed, Prober};
 /// What a finished run amounts to.
 #[derive(Debug, Default)]
 pub struct Summary {
+    /// Files landed in this run.
     pub downloaded: usize,
+    /// Lines whose file was already in place (same content).
     pub already_had: usize,
     /// Lines given up on (their name or URL), and why.
     pub failed: Vec<(String, String)>,
+    /// Whether Ctrl-C ended the run (exit 130 in `--once`).
     pub cancelled: bool,
     /// Why the run had to stop (a server no retry can help with).
     pub fatal: Option<String>,
@@ -54,20 +57,29 @@ enum Voice {
 /// many URLs may be between their probe and their outcome at once (each
 /// may hold up to a piece of memory: its first bytes).
 pub struct Web {
+    /// The engine's index of the web source (after the fastdl servers).
     pub source: usize,
+    /// Where URLs' first requests run.
     pub prober: Prober,
+    /// Most URLs between their probe and their outcome at once.
     pub slots: usize,
 }
 
 /// What the scheduler works with.
 pub struct Parts {
+    /// Where files are downloaded.
     pub engine: Engine,
+    /// The fastdl servers (`--server`), in the order given.
     pub servers: Vec<Arc<Server>>,
+    /// The web side, for URL lines.
     pub web: Web,
+    /// The servers' lists as last fetched.
     pub lists: Lists,
     /// Why no server's list is known, if none is.
     pub unreachable: Option<String>,
+    /// Every attempt's outcome (engine and lander).
     pub outcomes: Receiver<(Job, Outcome)>,
+    /// Bars, totals and the `--json` events.
     pub progress: Arc<Progress>,
     /// A server's index whenever its list changed (watch mode; see
     /// `lists::watch`).

@@ -11,11 +11,13 @@ const MAX_HEADERS: usize = 64;
 /// A parsed request head.
 #[derive(Debug)]
 pub struct Request {
+    /// `GET` and `HEAD` are answered; anything else gets 405.
     pub method: String,
     /// The request target as sent (origin form: `/path?query`).
     pub target: String,
     /// HTTP/1.`minor`.
     pub minor: u8,
+    /// Every header, for ranges, validators, keep-alive and the token.
     pub headers: HeaderMap,
 }
 

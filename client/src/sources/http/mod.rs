@@ -264,7 +264,9 @@ pub fn classify_status(status: StatusCode, url: &str) -> SourceError {
 #[derive(Debug, thiserror::Error)]
 #[error("{url} answered HTTP {status}")]
 pub struct StatusError {
+    /// The status the server answered with.
     pub status: StatusCode,
+    /// The URL asked for (for the message).
     pub url: String,
 }
 

@@ -29,6 +29,7 @@ pub struct Probed {
     pub url: String,
     /// The name it lands under (one component, through the name rules).
     pub name: String,
+    /// The whole file's size (from Content-Range, or Content-Length of a 200).
     pub size: u64,
     /// Whether the server serves ranges.
     pub ranges: bool,
