@@ -31,6 +31,7 @@ use crate::schedule::input::{self, InputWatcher};
 use crate::schedule::item::Item;
 use crate::schedule::names::Policy;
 use crate::schedule::scheduler::{Parts, Scheduler, Summary, Web};
+use crate::schedule::web_slots::WebSlots;
 use crate::shutdown::Shutdown;
 use crate::sources::fastdl::Server;
 use crate::sources::http::probe::Prober;
@@ -149,7 +150,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let web = Web {
         source: servers.len(),
         prober: Prober::start(http.agent().clone(), http.floor(), args.jobs as usize),
-        slots: 2 * args.jobs as usize,
+        slots: WebSlots::new(
+            8 * args.jobs as usize,
+            2 * args.jobs * fastdl_protocol::PIECE_SIZE,
+        ),
     };
     // Watch mode hears of list changes as they happen; --once decides
     // on the lists it fetched.

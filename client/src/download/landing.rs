@@ -88,12 +88,45 @@ pub fn land(
     limit: Option<&RateLimit>,
     source: &str,
 ) -> std::io::Result<Landed> {
+    let length = piece_range(attempt.size(), piece).1 as usize;
+    let buf = buf.get(length);
+    let digest = read_piece(reader, attempt, piece, buf, limit)?;
+    Ok(judge_and_write(
+        attempt,
+        request_of(piece, by, ticket),
+        buf,
+        digest,
+        source,
+    ))
+}
+
+/// Lands piece `request` of `attempt` from `bytes` already in memory
+/// (exactly its length; an HTTP probe's answer), written from where they
+/// are, without a copy.
+pub fn land_bytes(attempt: &Attempt, request: PieceRequest, bytes: &[u8], source: &str) -> Landed {
+    let mut hasher = PieceHasher::new(attempt.size(), request.piece);
+    hasher.update(bytes);
+    attempt.progress.add(bytes.len() as u64);
+    judge_and_write(attempt, request, bytes, hasher.finalize(), source)
+}
+
+fn request_of(piece: u64, by: Option<Taker>, ticket: Ticket) -> PieceRequest {
+    PieceRequest { piece, by, ticket }
+}
+
+/// Judges piece `request`, read whole as `bytes` with digest `digest`,
+/// against what is expected of it, and writes it if it is good.
+fn judge_and_write(
+    attempt: &Attempt,
+    PieceRequest { piece, by, ticket }: PieceRequest,
+    bytes: &[u8],
+    digest: fastdl_protocol::Digest,
+    source: &str,
+) -> Landed {
     let name = &attempt.job.entry.name;
     let progress = &attempt.progress;
     let (offset, length) = piece_range(attempt.size(), piece);
     let length = length as usize;
-    let buf = buf.get(length);
-    let digest = read_piece(reader, attempt, piece, buf, limit)?;
     let want = match attempt.expected.piece(piece, ticket) {
         Judge::Against(want) => Some(want),
         Judge::Accept => None,
@@ -102,7 +135,7 @@ pub fn land(
         Judge::Never | Judge::NotYet => {
             progress.take_back(length as u64);
             attempt.queue.give_back(piece);
-            return Ok(Landed::No);
+            return Landed::No;
         }
     };
     if want.is_some_and(|want| digest != want) {
@@ -119,27 +152,27 @@ pub fn land(
                 times: super::pieces::MAX_PIECE_FAILURES,
             }));
         }
-        return Ok(Landed::No);
+        return Landed::No;
     }
     if attempt.queue.landed(piece) || attempt.is_stopped() {
         // Another copy landed first, or nothing more is wanted.
         progress.copy_not_used(length as u64);
-        return Ok(Landed::Copy);
+        return Landed::Copy;
     }
-    if let Err(e) = attempt.writer.write_at(buf, offset) {
+    if let Err(e) = attempt.writer.write_at(bytes, offset) {
         attempt.queue.give_back(piece);
         attempt.stop(Stop::Failed(FileError::Disk {
             what: "cannot write",
             path: attempt.spot.part_path(),
             source: e,
         }));
-        return Ok(Landed::No);
+        return Landed::No;
     }
     if !attempt.queue.complete(piece, digest, by) {
         // Both copies verified at once; the other one counted.
         progress.copy_not_used(length as u64);
-        return Ok(Landed::Copy);
+        return Landed::Copy;
     }
     progress.fetched_piece(length as u64);
-    Ok(Landed::Yes)
+    Landed::Yes
 }

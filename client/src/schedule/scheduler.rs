@@ -19,8 +19,10 @@ use fastdl_protocol::Entry;
 use fastdl_support::printable;
 use log::{debug, error, info, warn};
 
+use super::board::Board;
 use super::item::Item;
 use super::names::{self, Next, Placement, Policy, State};
+use super::web_slots::WebSlots;
 use crate::download::outcome::{Job, Outcome};
 use crate::download::Engine;
 use crate::lists::vote::{vote, Vote};
@@ -61,8 +63,9 @@ pub struct Web {
     pub source: usize,
     /// Where URLs' first requests run.
     pub prober: Prober,
-    /// Most URLs between their probe and their outcome at once.
-    pub slots: usize,
+    /// The URLs between their probe and their outcome, and the memory
+    /// their first bytes hold.
+    pub slots: WebSlots,
 }
 
 /// What the scheduler works with.
@@ -94,22 +97,16 @@ enum Ended<'a> {
     Probe(String),
 }
 
-/// One line of input.txt and where it stands.
-struct Tracked {
-    item: Item,
-    state: State,
-}
-
 /// The scheduler of one run.
 pub struct Scheduler {
     parts: Parts,
     policy: Policy,
     shutdown: Arc<Shutdown>,
-    items: HashMap<String, Tracked>,
+    /// Every line and its state, with the indexes the loop asks of them.
+    items: Board,
     /// URLs waiting for a probe slot, in the order they came.
     url_queue: VecDeque<String>,
-    /// URLs being probed or downloaded.
-    url_busy: usize,
+
     /// The last failure reported per line (a failure is reported once).
     reported: HashMap<String, String>,
     /// How often each line waited for another download of the same name:
@@ -117,6 +114,11 @@ pub struct Scheduler {
     parked: HashMap<String, u32>,
     next_refresh: Instant,
     summary: Summary,
+}
+
+/// The bytes of a job's first piece fetched with it (see [`WebSlots`]).
+fn head_len(job: &Job) -> u64 {
+    job.head.as_ref().map_or(0, |h| h.len() as u64)
 }
 
 /// How long a line first waits when another one is landing under the same
@@ -129,9 +131,9 @@ impl Scheduler {
             parts,
             policy,
             shutdown,
-            items: HashMap::new(),
+            items: Board::default(),
             url_queue: VecDeque::new(),
-            url_busy: 0,
+
             reported: HashMap::new(),
             parked: HashMap::new(),
             next_refresh: Instant::now(),
@@ -193,60 +195,36 @@ impl Scheduler {
     }
 
     fn state(&self, key: &str) -> Option<&State> {
-        self.items.get(key).map(|t| &t.state)
+        self.items.state(key)
     }
 
     fn set(&mut self, key: &str, state: State) {
-        if let Some(tracked) = self.items.get_mut(key) {
-            tracked.state = state;
-        }
+        self.items.set(key, state);
     }
 
     /// Whether some line is still on its way or will be retried.
     fn busy(&self) -> bool {
-        self.items.values().any(|t| {
-            matches!(
-                t.state,
-                State::Running { .. }
-                    | State::Retry { .. }
-                    | State::Probing { .. }
-                    | State::Queued { .. }
-            )
-        })
+        self.items.busy()
     }
 
     /// When the loop must look again without being woken: the next retry,
     /// or the next list fetch while names wait for the servers.
     fn next_deadline(&self) -> Option<Instant> {
-        let retry = self
-            .items
-            .values()
-            .filter_map(|t| match t.state {
-                State::Retry { at, .. } => Some(at),
-                _ => None,
-            })
-            .min();
+        let retry = self.items.next_retry();
         let refresh = self.names_waiting().then_some(self.next_refresh);
         retry.into_iter().chain(refresh).min()
     }
 
     fn names_waiting(&self) -> bool {
-        self.items
-            .values()
-            .any(|t| matches!(t.state, State::Waiting { .. }))
+        self.items.any_waiting()
     }
 
     /// Retries that are due, and the list fetch they (or waiting names) call for.
     fn on_time(&mut self, now: Instant) {
-        let due: Vec<String> = self
-            .items
-            .iter()
-            .filter(|(_, t)| matches!(t.state, State::Retry { at, .. } if at <= now))
-            .map(|(key, _)| key.clone())
-            .collect();
+        let due = self.items.due(now);
         let names_due = due
             .iter()
-            .any(|key| matches!(self.items[key].item, Item::Name(_)));
+            .any(|key| matches!(self.items.get(key).map(|t| &t.item), Some(Item::Name(_))));
         if (names_due || self.names_waiting()) && now >= self.next_refresh {
             self.refresh();
         }
@@ -257,9 +235,10 @@ impl Scheduler {
             let Some(State::Retry { attempts, .. }) = self.state(&key).cloned() else {
                 continue;
             };
-            match self.items[&key].item.clone() {
-                Item::Name(_) => self.place(key, Voice::Quiet),
-                Item::Url { .. } => self.queue_url(key, attempts),
+            match self.items.get(&key).map(|t| &t.item) {
+                Some(Item::Name(_)) => self.place(key, Voice::Quiet),
+                Some(Item::Url { .. }) => self.queue_url(key, attempts),
+                None => {}
             }
         }
         self.show_totals();
@@ -275,7 +254,7 @@ impl Scheduler {
                 }
             };
             let key = item.key().to_owned();
-            if self.items.contains_key(&key) {
+            if self.items.contains(&key) {
                 continue;
             }
             if let Item::Name(name) = &item {
@@ -291,13 +270,8 @@ impl Scheduler {
             }
             let is_url = matches!(item, Item::Url { .. });
             self.parts.progress.events.queued(&key, is_url);
-            self.items.insert(
-                key.clone(),
-                Tracked {
-                    item,
-                    state: State::Queued { attempts: 0 },
-                },
-            );
+            self.items
+                .insert(key.clone(), item, State::Queued { attempts: 0 });
             if is_url {
                 self.queue_url(key, 0);
             } else {
@@ -309,7 +283,7 @@ impl Scheduler {
 
     /// A line that asks for nothing the client can fetch.
     fn refuse_line(&mut self, line: String, why: String) {
-        if self.items.contains_key(&line) {
+        if self.items.contains(&line) {
             return;
         }
         let shown = printable(&line).into_owned();
@@ -318,13 +292,8 @@ impl Scheduler {
         if self.policy.once {
             self.summary.failed.push((shown, why.clone()));
         }
-        self.items.insert(
-            line.clone(),
-            Tracked {
-                item: Item::Name(line),
-                state: State::Failed { why },
-            },
-        );
+        self.items
+            .insert(line.clone(), Item::Name(line), State::Failed { why });
     }
 
     fn shown(&self, server: usize) -> String {
@@ -333,10 +302,7 @@ impl Scheduler {
 
     /// Whether another line is downloading into `name` now.
     fn lands_at(&self, name: &str, except: &str) -> bool {
-        self.items.iter().any(|(key, t)| {
-            key != except
-                && matches!(&t.state, State::Running { job, .. } if job.entry.name == name)
-        })
+        self.items.running_as(name).is_some_and(|key| key != except)
     }
 
     /// Hands `job` to the engine for `key`'s `attempt`-th try, unless
@@ -347,9 +313,12 @@ impl Scheduler {
                 "{key}: another download lands as {} now; waiting for it",
                 job.entry.name
             );
-            if matches!(self.items[&key].item, Item::Url { .. }) {
+            if matches!(
+                self.items.get(&key).map(|t| &t.item),
+                Some(Item::Url { .. })
+            ) {
                 // Its probe slot frees; it is queued again when due.
-                self.url_busy -= 1;
+                self.parts.web.slots.done(head_len(&job));
             }
             let times = self.parked.entry(key.clone()).or_insert(0);
             *times += 1;
@@ -437,20 +406,21 @@ impl Scheduler {
     }
 
     fn start_probes(&mut self) {
-        while self.url_busy < self.parts.web.slots {
+        while self.parts.web.slots.can_probe() {
             let Some(key) = self.url_queue.pop_front() else {
                 return;
             };
-            let Some(Tracked {
-                item: Item::Url { url, .. },
-                state: State::Queued { attempts },
-            }) = self.items.get(&key)
+            let Some(tracked) = self.items.get(&key) else {
+                continue;
+            };
+            let (Item::Url { url, .. }, State::Queued { attempts }) =
+                (&tracked.item, tracked.state())
             else {
                 continue;
             };
             let (url, attempt) = (url.clone(), attempts + 1);
             self.parts.web.prober.ask(&key, &url);
-            self.url_busy += 1;
+            self.parts.web.slots.probing();
             self.set(&key, State::Probing { attempt });
         }
     }
@@ -458,10 +428,11 @@ impl Scheduler {
     /// A URL's probe came back: start its download, or decide when to try
     /// again.
     fn probed(&mut self, key: String, result: Result<Probed, ProbeError>) {
-        let Some(Tracked {
-            item: Item::Url { check, .. },
-            state: State::Probing { attempt },
-        }) = self.items.get(&key)
+        let Some(tracked) = self.items.get(&key) else {
+            return;
+        };
+        let (Item::Url { check, .. }, State::Probing { attempt }) =
+            (&tracked.item, tracked.state())
         else {
             return;
         };
@@ -482,6 +453,7 @@ impl Scheduler {
                     head: probed.head,
                     validator: probed.validator,
                 };
+                self.parts.web.slots.probed(head_len(&job));
                 if !job.ranges && job.entry.size > fastdl_protocol::PIECE_SIZE {
                     info!(
                         "{key}: the server does not serve ranges; fetching it over one connection"
@@ -490,7 +462,7 @@ impl Scheduler {
                 self.start(key, job, attempt);
             }
             Err(e) => {
-                self.url_busy -= 1;
+                self.parts.web.slots.probe_failed();
                 let why = e.to_string();
                 let next = names::after_probe(
                     e.is_permanent(),
@@ -508,20 +480,15 @@ impl Scheduler {
 
     /// An attempt ended.
     fn settle(&mut self, job: Job, outcome: Outcome) {
-        let key = self
-            .items
-            .iter()
-            .find(|(_, t)| matches!(&t.state, State::Running { job: j, .. } if *j == job))
-            .map(|(key, _)| key.clone());
-        let Some(key) = key else {
+        let Some((key, attempt)) = self.items.running(&job).map(|(k, a)| (k.to_owned(), a)) else {
             return;
         };
-        let Some(State::Running { attempt, .. }) = self.state(&key).cloned() else {
-            return;
-        };
-        let is_url = matches!(self.items[&key].item, Item::Url { .. });
+        let is_url = matches!(
+            self.items.get(&key).map(|t| &t.item),
+            Some(Item::Url { .. })
+        );
         if is_url {
-            self.url_busy -= 1;
+            self.parts.web.slots.done(head_len(&job));
         }
         match &outcome {
             Outcome::AlreadyHad(path) => {
@@ -611,7 +578,7 @@ impl Scheduler {
         attempt: u32,
         ended: Ended<'_>,
     ) {
-        let is_url = matches!(self.items[key].item, Item::Url { .. });
+        let is_url = matches!(self.items.get(key).map(|t| &t.item), Some(Item::Url { .. }));
         if let Ended::Download(_, Outcome::Changed(e)) = ended {
             let next = if is_url {
                 "asking for it again"
@@ -679,13 +646,7 @@ impl Scheduler {
                 &mut self.parts.progress.events.text_out(),
             );
         }
-        let waiting: Vec<String> = self
-            .items
-            .iter()
-            .filter(|(_, t)| matches!(t.state, State::Waiting { .. }))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for name in waiting {
+        for name in self.items.waiting() {
             self.place(name, Voice::Quiet);
         }
         self.show_totals();
@@ -693,20 +654,7 @@ impl Scheduler {
 
     /// The progress display's total line, from the states now.
     fn show_totals(&self) {
-        let (mut done, mut total) = (0, 0);
-        for tracked in self.items.values() {
-            match tracked.state {
-                State::Done => {
-                    done += 1;
-                    total += 1;
-                }
-                State::Running { .. }
-                | State::Retry { .. }
-                | State::Probing { .. }
-                | State::Queued { .. } => total += 1,
-                _ => {}
-            }
-        }
-        self.parts.progress.totals(done, total);
+        let (done, total) = self.items.totals();
+        self.parts.progress.totals(done as u64, total as u64);
     }
 }

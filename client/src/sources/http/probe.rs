@@ -43,7 +43,21 @@ pub struct Probed {
     pub announced: Option<Check>,
     /// The first piece (all of a file of one piece); `None` if it was not
     /// read (a large file from a server without ranges).
-    pub head: Option<Arc<[u8]>>,
+    pub head: Option<Arc<Vec<u8>>>,
+}
+
+/// Reads into all of `buf` unless the reader ends first; how much it read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// Why a probe failed.
@@ -126,17 +140,17 @@ pub fn probe(agent: &Agent, url: &str, floor: SpeedFloor) -> Result<Probed, Prob
     let head_length = size.min(PIECE_SIZE);
     // The first piece, unless it would mean reading a large file whole.
     let head = if size > 0 && (ranges || size <= PIECE_SIZE) {
-        let mut bytes = Vec::with_capacity(head_length as usize);
-        super::body_of(response, head_length)
-            .read_to_end(&mut bytes)
+        // Zeroed by the allocator (often for free: fresh pages), then read
+        // into whole; `read_to_end` into spare capacity zeroed it again.
+        let mut bytes = vec![0u8; head_length as usize];
+        let got = read_full(&mut super::body_of(response, head_length), &mut bytes)
             .map_err(ProbeError::Body)?;
-        if bytes.len() as u64 != head_length {
+        if got != bytes.len() {
             return Err(ProbeError::Unexpected(format!(
-                "the answer ended after {} of {head_length} bytes",
-                bytes.len()
+                "the answer ended after {got} of {head_length} bytes"
             )));
         }
-        Some(Arc::from(bytes))
+        Some(Arc::new(bytes))
     } else {
         None
     };
