@@ -101,13 +101,17 @@ pub fn land(
 }
 
 /// Lands piece `request` of `attempt` from `bytes` already in memory
-/// (exactly its length; an HTTP probe's answer), written from where they
-/// are, without a copy.
-pub fn land_bytes(attempt: &Attempt, request: PieceRequest, bytes: &[u8], source: &str) -> Landed {
-    let mut hasher = PieceHasher::new(attempt.size(), request.piece);
-    hasher.update(bytes);
+/// (exactly its length; an HTTP probe's answer) whose piece digest is
+/// `digest`, written from where they are, without a copy.
+pub fn land_bytes(
+    attempt: &Attempt,
+    request: PieceRequest,
+    bytes: &[u8],
+    digest: fastdl_protocol::Digest,
+    source: &str,
+) -> Landed {
     attempt.progress.add(bytes.len() as u64);
-    judge_and_write(attempt, request, bytes, hasher.finalize(), source)
+    judge_and_write(attempt, request, bytes, digest, source)
 }
 
 fn request_of(piece: u64, by: Option<Taker>, ticket: Ticket) -> PieceRequest {

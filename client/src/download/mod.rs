@@ -21,13 +21,14 @@
 //! other outcome to the scheduler; it never decides whether to try again.
 //!
 //! Submodules: `source` (the seam to where bytes come from), `attempt`
-//! (one file), `worker` (one connection), `landing` (one piece),
+//! (one file), `head` (a first piece its probe brought), `worker` (one connection), `landing` (one piece),
 //! `pieces` (the piece queue and the end game), `expected` (digests that
 //! may still be on their way), `leftovers` (connections cut at the end),
 //! `ratelimit` (`--limit-rate`), `outcome` (what goes in and comes out).
 
 pub mod attempt;
 pub mod expected;
+pub mod head;
 pub mod landing;
 pub mod leftovers;
 pub mod outcome;
@@ -50,6 +51,7 @@ use log::{error, info};
 
 use self::attempt::{Attempt, Context};
 use self::expected::Ticket;
+use self::head::Head;
 use self::outcome::{Job, Report, ToLand};
 use self::pieces::{Taker, STALL_POLL};
 use self::ratelimit::RateLimit;
@@ -437,10 +439,11 @@ impl Shared {
 }
 
 /// Lands a file's first piece from the bytes fetched with the job (an HTTP
-/// probe's answer), as if a connection had just read them.
-fn land_head(attempt: &Attempt, head: &[u8]) {
+/// probe's answer), as if a connection had just read them. Its digest was
+/// taken over exactly that piece of a file of this size.
+fn land_head(attempt: &Attempt, head: &Head) {
     let length = fastdl_protocol::digest::piece_range(attempt.size(), 0).1 as usize;
-    if head.len() < length || attempt.queue.landed(0) {
+    if head.bytes().len() != length || attempt.queue.landed(0) {
         return;
     }
     let request = landing::PieceRequest {
@@ -449,7 +452,13 @@ fn land_head(attempt: &Attempt, head: &[u8]) {
         ticket: attempt.expected.ticket(),
     };
     // Verification and write problems are recorded in the attempt.
-    landing::land_bytes(attempt, request, &head[..length], "the first answer");
+    landing::land_bytes(
+        attempt,
+        request,
+        head.bytes(),
+        head.digest(),
+        "the first answer",
+    );
 }
 
 /// Work on the active files for `wants`, without waiting.

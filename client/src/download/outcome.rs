@@ -35,9 +35,8 @@ pub struct Job {
     /// it whole, start to end.
     pub ranges: bool,
     /// Its first bytes, fetched already (at most one piece: an HTTP
-    /// probe's answer). An `Arc<Vec>`, not an `Arc<[u8]>`: wrapping the
-    /// vector read from the socket does not copy its bytes again.
-    pub head: Option<std::sync::Arc<Vec<u8>>>,
+    /// probe's answer).
+    pub head: Option<std::sync::Arc<super::head::Head>>,
     /// What its sources must still serve for a range to belong to this
     /// version (an HTTP `If-Range` value: a strong ETag or a date).
     pub validator: Option<String>,

@@ -118,7 +118,7 @@ pub struct Scheduler {
 
 /// The bytes of a job's first piece fetched with it (see [`WebSlots`]).
 fn head_len(job: &Job) -> u64 {
-    job.head.as_ref().map_or(0, |h| h.len() as u64)
+    job.head.as_ref().map_or(0, |h| h.bytes().len() as u64)
 }
 
 /// How long a line first waits when another one is landing under the same
@@ -460,6 +460,8 @@ impl Scheduler {
                     );
                 }
                 self.start(key, job, attempt);
+                // Its answer may hold less than the piece it reserved.
+                self.start_probes();
             }
             Err(e) => {
                 self.parts.web.slots.probe_failed();

@@ -13,12 +13,14 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use crossbeam_channel::{Receiver, Sender};
+use fastdl_protocol::digest::PieceHasher;
 use fastdl_protocol::{Digest, PIECE_SIZE};
 use headers::HeaderMapExt;
 use ureq::http::{HeaderMap, StatusCode, Uri};
 use ureq::{Agent, ResponseExt};
 
 use super::{get, is_timeout};
+use crate::download::head::Head;
 use crate::download::outcome::{Algo, Check, Claimant};
 use crate::net::pace::SpeedFloor;
 
@@ -43,7 +45,7 @@ pub struct Probed {
     pub announced: Option<Check>,
     /// The first piece (all of a file of one piece); `None` if it was not
     /// read (a large file from a server without ranges).
-    pub head: Option<Arc<Vec<u8>>>,
+    pub head: Option<Arc<Head>>,
 }
 
 /// Reads into all of `buf` unless the reader ends first; how much it read.
@@ -140,17 +142,18 @@ pub fn probe(agent: &Agent, url: &str, floor: SpeedFloor) -> Result<Probed, Prob
     let head_length = size.min(PIECE_SIZE);
     // The first piece, unless it would mean reading a large file whole.
     let head = if size > 0 && (ranges || size <= PIECE_SIZE) {
-        // Zeroed by the allocator (often for free: fresh pages), then read
-        // into whole; `read_to_end` into spare capacity zeroed it again.
-        let mut bytes = vec![0u8; head_length as usize];
-        let got = read_full(&mut super::body_of(response, head_length), &mut bytes)
+        let len = head_length as usize;
+        let mut buf = Head::buffer(len);
+        let got = read_full(&mut super::body_of(response, head_length), &mut buf[..len])
             .map_err(ProbeError::Body)?;
-        if got != bytes.len() {
+        if got != len {
             return Err(ProbeError::Unexpected(format!(
                 "the answer ended after {got} of {head_length} bytes"
             )));
         }
-        Some(Arc::new(bytes))
+        let mut hasher = PieceHasher::new(size, 0);
+        hasher.update(&buf[..len]);
+        Some(Arc::new(Head::new(buf, len, hasher.finalize())))
     } else {
         None
     };
