@@ -131,9 +131,12 @@ fn outcome_of(
         rate,
         fetched,
         checked,
+        journal,
         ..
     } = verified;
-    let _ = spot.folder.remove(&spot.journal());
+    if journal {
+        let _ = spot.folder.remove(&spot.journal());
+    }
     let entry = &job.entry;
     match (result, dir_error) {
         (Ok(Landed::New(path)), None) => {
@@ -204,13 +207,16 @@ mod tests {
             },
             vec![0],
         );
+        // A journal beside the part (as a file of several pieces has).
+        std::fs::write(spot.folder.path_of(&spot.journal()), b"journal").unwrap();
         let v = Verified {
-            part,
+            part: part.into(),
             spot,
             content: Digest::of(bytes),
             checked: None,
             rate: 0.0,
             fetched: bytes.len() as u64,
+            journal: true,
         };
         (job, Box::new(v))
     }

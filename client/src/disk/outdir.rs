@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fastdl_protocol::Digest;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
@@ -31,15 +32,17 @@ const FILE_MODE: u32 = 0o644;
 
 /// The output folder, open.
 pub struct OutDir {
-    root: OwnedFd,
+    root: Arc<OwnedFd>,
     path: PathBuf,
 }
 
 /// One folder below (or at) `--out`, open: where one name's final file,
-/// part file and journal live.
-#[derive(Debug)]
+/// part file and journal live. Its descriptor is shared by its clones
+/// (each file's attempt and its landing hold one): duplicating it for
+/// every file cost two system calls each way, per clone.
+#[derive(Debug, Clone)]
 pub struct Folder {
-    fd: OwnedFd,
+    fd: Arc<OwnedFd>,
     /// For messages only: the path the folder was reached by.
     path: PathBuf,
 }
@@ -60,7 +63,7 @@ impl OutDir {
         )
         .map_err(errno)?;
         Ok(OutDir {
-            root,
+            root: Arc::new(root),
             path: path.to_path_buf(),
         })
     }
@@ -88,7 +91,7 @@ impl OutDir {
     pub fn folder_of(&self, name: &str, create: bool) -> io::Result<Option<Folder>> {
         let mut parts: Vec<&str> = name.split('/').collect();
         parts.pop();
-        let mut fd = rustix::io::fcntl_dupfd_cloexec(&self.root, 0).map_err(errno)?;
+        let mut fd = Arc::clone(&self.root);
         let mut path = self.path.clone();
         for part in parts {
             path.push(part);
@@ -100,7 +103,7 @@ impl OutDir {
             }
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             fd = match rustix::fs::openat(&fd, part, flags, Mode::empty()) {
-                Ok(next) => next,
+                Ok(next) => Arc::new(next),
                 Err(Errno::NOENT) if !create => return Ok(None),
                 Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
                     let link = rustix::fs::statat(&fd, part, AtFlags::SYMLINK_NOFOLLOW)
@@ -137,14 +140,6 @@ pub enum Found {
 }
 
 impl Folder {
-    /// A second handle on the same folder.
-    pub fn try_clone(&self) -> io::Result<Folder> {
-        Ok(Folder {
-            fd: self.fd.try_clone()?,
-            path: self.path.clone(),
-        })
-    }
-
     /// The path of `leaf` in this folder, for messages.
     pub fn path_of(&self, leaf: &str) -> PathBuf {
         self.path.join(leaf)

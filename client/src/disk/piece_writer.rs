@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use fastdl_protocol::PIECE_SIZE;
 use log::debug;
@@ -30,7 +31,7 @@ const ALIGN: usize = 4096;
 
 /// Writes pieces at their offsets in one part file.
 pub struct PieceWriter {
-    part: File,
+    part: Arc<File>,
     direct: Option<File>,
     /// Cleared when the file system refuses a direct write.
     direct_ok: AtomicBool,
@@ -39,7 +40,7 @@ pub struct PieceWriter {
 impl PieceWriter {
     /// A writer for `part`, which holds a file of `size` bytes. Direct I/O
     /// is used when the file is large and the file system accepts it.
-    pub fn new(part: File, size: u64) -> PieceWriter {
+    pub fn new(part: Arc<File>, size: u64) -> PieceWriter {
         let direct = if size >= DIRECT_MIN_SIZE {
             reopen_direct(&part)
                 .map_err(|e| debug!("no direct I/O for this part file: {e}"))
@@ -56,7 +57,7 @@ impl PieceWriter {
 
     /// A writer that always writes through the page cache.
     #[cfg(test)]
-    pub fn buffered(part: File) -> PieceWriter {
+    pub fn buffered(part: Arc<File>) -> PieceWriter {
         PieceWriter {
             part,
             direct: None,
@@ -192,7 +193,7 @@ mod tests {
             .open(&path)
             .unwrap();
         file.set_len(size).unwrap();
-        let writer = PieceWriter::new(file.try_clone().unwrap(), size);
+        let writer = PieceWriter::new(Arc::new(file), size);
         let mut buf = PieceBuf::default();
         // A whole piece (direct where the file system allows it), a short
         // last piece (always buffered), and an unaligned write.
@@ -221,7 +222,8 @@ mod tests {
     #[test]
     fn small_files_are_written_buffered() {
         let file = tempfile::tempfile().unwrap();
-        assert!(!PieceWriter::new(file.try_clone().unwrap(), DIRECT_MIN_SIZE - 1).is_direct());
+        let file = Arc::new(file);
+        assert!(!PieceWriter::new(Arc::clone(&file), DIRECT_MIN_SIZE - 1).is_direct());
         assert!(!PieceWriter::buffered(file).is_direct());
     }
 }

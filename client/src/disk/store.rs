@@ -19,8 +19,8 @@ use super::outdir::{Folder, Found, OutDir};
 
 /// Where one name lands: its folder, open (reached without following a
 /// link), and the file's name in it. The part file and the journal are
-/// hidden siblings of that name.
-#[derive(Debug)]
+/// hidden siblings of that name. A clone shares the folder's descriptor.
+#[derive(Debug, Clone)]
 pub struct Spot {
     pub folder: Folder,
     pub leaf: String,
@@ -45,15 +45,6 @@ impl Spot {
     fn in_folder(folder: Folder, name: &str) -> Spot {
         let leaf = name.rsplit('/').next().unwrap_or(name).to_owned();
         Spot { folder, leaf }
-    }
-
-    /// A second handle on the same spot (the folder's descriptor
-    /// duplicated), for the lander.
-    pub fn try_clone(&self) -> io::Result<Spot> {
-        Ok(Spot {
-            folder: self.folder.try_clone()?,
-            leaf: self.leaf.clone(),
-        })
     }
 
     /// The hidden part file's name.

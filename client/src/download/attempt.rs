@@ -103,7 +103,8 @@ pub struct Attempt {
     pub job: Job,
     /// Where it lands (folder and name) and its part file.
     pub spot: Spot,
-    part: File,
+    /// The part file, shared with the writer and, once verified, the lander.
+    part: Arc<File>,
     /// Writes verified pieces into the part file.
     pub writer: PieceWriter,
     /// Which pieces are pending, taken, landed.
@@ -153,12 +154,10 @@ impl Attempt {
             room_for(cx.out, entry.size).map_err(Outcome::Failed)?;
         }
         let part = store::open_part(&spot, entry.size)
+            .map(Arc::new)
             .map_err(|e| disk("cannot prepare", spot.part_path(), e))?;
         let count = piece_count(entry.size);
-        let writer = part
-            .try_clone()
-            .map(|file| PieceWriter::new(file, entry.size))
-            .map_err(|e| disk("cannot open", spot.part_path(), e))?;
+        let writer = PieceWriter::new(Arc::clone(&part), entry.size);
         let expected = match job.content_digest() {
             _ if count > 1 && job.per_piece => Expected::pending(entry.digest),
             // A file of one piece needs no list: its digest is the file's.
@@ -394,33 +393,18 @@ impl Attempt {
                 human_bytes(self.progress.copies())
             );
         }
-        let verified = self
-            .part
-            .try_clone()
-            .and_then(|part| Ok((part, self.spot.try_clone()?)))
-            .map(|(part, spot)| Verified {
-                part,
-                spot,
-                content: content.unwrap_or(Digest([0; 32])),
-                checked: self.job.check.as_ref().map(|c| c.algo),
-                rate: self.progress.rate(),
-                fetched: self.progress.fetched(),
-            });
-        match verified {
-            Ok(verified) => self
-                .verified
-                .send((self.job.clone(), Box::new(verified)))
-                .is_ok(),
-            Err(e) => {
-                self.finished.store(false, Ordering::SeqCst);
-                self.stop(Stop::Failed(FileError::Disk {
-                    what: "cannot reopen",
-                    path: self.spot.part_path(),
-                    source: e,
-                }));
-                false
-            }
-        }
+        let verified = Verified {
+            part: Arc::clone(&self.part),
+            spot: self.spot.clone(),
+            content: content.unwrap_or(Digest([0; 32])),
+            checked: self.job.check.as_ref().map(|c| c.algo),
+            rate: self.progress.rate(),
+            fetched: self.progress.fetched(),
+            journal: self.resume || piece_count(entry.size) > 1,
+        };
+        self.verified
+            .send((self.job.clone(), Box::new(verified)))
+            .is_ok()
     }
 
     /// The whole file against its check: the pieces' BLAKE3 digests

@@ -213,7 +213,7 @@ impl FileError {
 #[derive(Debug)]
 pub struct Verified {
     /// The open part file, to flush.
-    pub part: std::fs::File,
+    pub part: std::sync::Arc<std::fs::File>,
     /// Where it lands (its folder open, the part and journal beside it).
     pub spot: Spot,
     /// The BLAKE3 digest of what was fetched: compared with a file already
@@ -226,6 +226,10 @@ pub struct Verified {
     pub rate: f64,
     /// Bytes of pieces fetched in this attempt (for the log line).
     pub fetched: u64,
+    /// Whether a journal may be beside the part file, to remove once it
+    /// landed: a file of one piece never has one (its piece is the file),
+    /// and looking for it anyway was a failed `unlinkat` per small file.
+    pub journal: bool,
 }
 
 /// Bytes as lowercase hex, as digests are written on input lines and
