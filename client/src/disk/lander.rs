@@ -106,12 +106,16 @@ fn land_batch(batch: Vec<(Job, Box<Verified>)>) -> Vec<(Job, Outcome)> {
     placed
         .into_iter()
         .map(|(job, v, result)| {
-            let dir_error = v.spot.folder.id().ok().and_then(|id| {
-                folder_errors
-                    .iter()
-                    .find(|(failed, _)| *failed == id)
-                    .map(|(_, e)| std::io::Error::new(e.kind(), e.to_string()))
-            });
+            let failed_folder = || v.spot.folder.id().ok();
+            let dir_error = (!folder_errors.is_empty())
+                .then(failed_folder)
+                .flatten()
+                .and_then(|id| {
+                    folder_errors
+                        .iter()
+                        .find(|(failed, _)| *failed == id)
+                        .map(|(_, e)| std::io::Error::new(e.kind(), e.to_string()))
+                });
             let outcome = outcome_of(&job, *v, result, dir_error);
             (job, outcome)
         })
