@@ -151,7 +151,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         source: servers.len(),
         prober: Prober::start(http.agent().clone(), http.floor(), args.jobs as usize),
         slots: WebSlots::new(
-            8 * args.jobs as usize,
+            4 * args.jobs as usize,
             2 * args.jobs * fastdl_protocol::PIECE_SIZE,
         ),
     };

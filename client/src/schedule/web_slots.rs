@@ -9,7 +9,8 @@
 //! probes stood idle (0.27-0.30 s against 0.25-0.27 s with 128 slots, on
 //! tmpfs). So the memory is counted as it is: a probe out reserves a
 //! whole piece, an answer keeps what it really holds, and the count of
-//! URLs is only a backstop.
+//! URLs is a backstop, four per `--jobs` (64 by default: as fast as 128
+//! on that run, 0.20 s, with a peak RSS of 22-24 MiB instead of 29-30).
 
 use fastdl_protocol::PIECE_SIZE;
 
