@@ -83,21 +83,15 @@ pub struct PieceRequest {
 pub fn land(
     reader: &mut dyn Read,
     attempt: &Attempt,
-    PieceRequest { piece, by, ticket }: PieceRequest,
+    request: PieceRequest,
     buf: &mut PieceBuf,
     limit: Option<&RateLimit>,
     source: &str,
 ) -> std::io::Result<Landed> {
-    let length = piece_range(attempt.size(), piece).1 as usize;
+    let length = piece_range(attempt.size(), request.piece).1 as usize;
     let buf = buf.get(length);
-    let digest = read_piece(reader, attempt, piece, buf, limit)?;
-    Ok(judge_and_write(
-        attempt,
-        request_of(piece, by, ticket),
-        buf,
-        digest,
-        source,
-    ))
+    let digest = read_piece(reader, attempt, request.piece, buf, limit)?;
+    Ok(judge_and_write(attempt, request, buf, digest, source))
 }
 
 /// Lands piece `request` of `attempt` from `bytes` already in memory
@@ -112,10 +106,6 @@ pub fn land_bytes(
 ) -> Landed {
     attempt.progress.add(bytes.len() as u64);
     judge_and_write(attempt, request, bytes, digest, source)
-}
-
-fn request_of(piece: u64, by: Option<Taker>, ticket: Ticket) -> PieceRequest {
-    PieceRequest { piece, by, ticket }
 }
 
 /// Judges piece `request`, read whole as `bytes` with digest `digest`,

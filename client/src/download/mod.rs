@@ -7,24 +7,25 @@
 //! still needs, a plan to run (`--plan`), the next piece of the first file
 //! that has one for it, and a copy of a piece held up on a slower
 //! connection (the end game). Opener threads ([`OPENERS`]) start files
-//! ahead of the workers: the next one as soon as fewer pieces are left to take than
-//! the workers could ask for at once ([`LOOKAHEAD_PER_WORKER`] each), up
-//! to `--jobs` files. So a queue of small files keeps every connection
-//! busy (eight 100 KiB files in flight at once on four connections, each
-//! landing on its own), one large file has all of them, and the next
-//! large file is not preallocated on disk until the current one is nearly
-//! handed out. Opening (the existing-file check, the part file) never
-//! delays a connection's reads.
+//! ahead of the workers: the next one as soon as fewer pieces are left to
+//! take than the workers could ask for at once ([`LOOKAHEAD_PER_WORKER`]
+//! each), up to `--jobs` files. So a queue of small files keeps every
+//! connection busy (eight 100 KiB files in flight at once on four
+//! connections, each landing on its own), one large file has all of them,
+//! and the next large file is not preallocated on disk until the current
+//! one is nearly handed out. Opening (the existing-file check, the part
+//! file) never delays a connection's reads.
 //!
 //! Each file is one [`attempt::Attempt`]: its phases, its pieces, its
 //! verdict. The engine hands verified part files to the lander and every
 //! other outcome to the scheduler; it never decides whether to try again.
 //!
 //! Submodules: `source` (the seam to where bytes come from), `attempt`
-//! (one file), `head` (a first piece its probe brought), `worker` (one connection), `landing` (one piece),
-//! `pieces` (the piece queue and the end game), `expected` (digests that
-//! may still be on their way), `leftovers` (connections cut at the end),
-//! `ratelimit` (`--limit-rate`), `outcome` (what goes in and comes out).
+//! (one file), `head` (a first piece its probe brought), `worker` (one
+//! connection), `landing` (one piece), `pieces` (the piece queue and the
+//! end game), `expected` (digests that may still be on their way),
+//! `leftovers` (connections cut at the end), `ratelimit` (`--limit-rate`),
+//! `outcome` (what goes in and comes out).
 
 pub mod attempt;
 pub mod expected;

@@ -106,7 +106,6 @@ pub struct Scheduler {
     items: Board,
     /// URLs waiting for a probe slot, in the order they came.
     url_queue: VecDeque<String>,
-
     /// The last failure reported per line (a failure is reported once).
     reported: HashMap<String, String>,
     /// How often each line waited for another download of the same name:
@@ -133,7 +132,6 @@ impl Scheduler {
             shutdown,
             items: Board::default(),
             url_queue: VecDeque::new(),
-
             reported: HashMap::new(),
             parked: HashMap::new(),
             next_refresh: Instant::now(),
