@@ -501,7 +501,10 @@ fn prepare_resume(job: &Job, spot: &Spot) -> std::io::Result<Resume> {
     let entry = &job.entry;
     let journal = Journal::load(spot)?;
     if spot.folder.look(&spot.part())? == Found::Nothing {
-        if journal.is_some() {
+        // A journal without its part is stale, whether it reads or not
+        // (an older format, a link planted there): the lander looks for a
+        // journal only beside files that may have one.
+        if journal.is_some() || spot.folder.look(&spot.journal())? != Found::Nothing {
             spot.folder.remove(&spot.journal())?;
         }
         return Ok(Resume::Fresh);
@@ -710,6 +713,21 @@ mod tests {
             Err(Outcome::AlreadyHad(path)) => assert!(path.ends_with("f")),
             other => panic!("{:?}", other.err()),
         }
+    }
+
+    #[test]
+    fn a_journal_without_its_part_is_removed_even_unreadable() {
+        let scene = Scene::new();
+        let journal = scene.out.path().join(".f.fastdl-journal");
+        std::fs::write(&journal, b"not a journal of any version").unwrap();
+        let bytes = content(5000);
+        let a = Attempt::open(job("f", &bytes), &scene.cx(false)).unwrap();
+        assert!(!journal.exists());
+        // The file is one piece: its landing does not look for a journal.
+        land_all(&a, &bytes);
+        assert!(a.finish());
+        let (_, verified) = scene.verified.1.try_recv().unwrap();
+        assert!(!verified.journal);
     }
 
     #[test]

@@ -58,6 +58,12 @@ impl Head {
         &self.buf[..self.len]
     }
 
+    /// The memory it holds: its buffer may be a spare one larger than
+    /// its bytes (what `WebSlots` counts).
+    pub fn held(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// The piece digest of [`Head::bytes`] (piece 0 of the file's size).
     pub fn digest(&self) -> Digest {
         self.digest
@@ -100,6 +106,7 @@ mod tests {
         buf[..3].copy_from_slice(b"abc");
         let head = Head::new(buf, 3, Digest::of(b"abc"));
         assert_eq!(head.bytes(), b"abc");
+        assert!(head.held() >= 10);
         assert_eq!(head.digest(), Digest::of(b"abc"));
         assert_eq!(format!("{head:?}").split(',').next(), Some("Head(3 bytes"));
         drop(head);

@@ -115,9 +115,10 @@ pub struct Scheduler {
     summary: Summary,
 }
 
-/// The bytes of a job's first piece fetched with it (see [`WebSlots`]).
+/// The memory held by a job's first piece fetched with it (see
+/// [`WebSlots`]).
 fn head_len(job: &Job) -> u64 {
-    job.head.as_ref().map_or(0, |h| h.bytes().len() as u64)
+    job.head.as_ref().map_or(0, |h| h.held() as u64)
 }
 
 /// How long a line first waits when another one is landing under the same
