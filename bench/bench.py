@@ -854,6 +854,15 @@ def face_rows(what, S, amount, unit, pairs):
         ROWS.append(row)
 
 
+def latency_cell(samples, k, err):
+    """The table cell of a latency case: median, range and how many of the
+    k samples came, or why none did."""
+    if not samples:
+        return "FAILED: " + (err or "no sample")[:200]
+    return (f"median {fmt_num(median(samples))} ms (min {fmt_num(min(samples))} – max "
+            f"{fmt_num(max(samples))}), {len(samples)}/{k} samples")
+
+
 def case_small(cfg, have):
     case = "small"
     n, fsize = cfg.small_n, 100 * KIB
@@ -1157,11 +1166,7 @@ def case_pickup(cfg, have):
         ERRORS.append((case, "fastdl watch", 0, err))
         log(f"FAILED case 4: {err}")
     RAW.append(f"- pickup · fastdl watch: " + ", ".join(f"{x:.1f}ms" for x in samples))
-    if samples:
-        cell = (f"median {fmt_num(median(samples))} ms (min {fmt_num(min(samples))} – max "
-                f"{fmt_num(max(samples))}), {len(samples)}/{k} samples")
-    else:
-        cell = "FAILED: " + (err or "no sample")[:200]
+    cell = latency_cell(samples, k, err)
     ROWS.append({"case": "4. pick-up latency: name appended to the watched input until its 10 KiB file is in place",
                  "fastdl": cell, "aria2c": "–", "lftp": "–", "curl": "–", "ratio": "–",
                  "rss": f"fastdl watch client: {rss_str(rss)}"})
@@ -1214,11 +1219,7 @@ def case_published_later(cfg, wd, k):
     finally:
         stop_watch_client(cp, cout, srv)
     RAW.append("- later · fastdl watch: " + ", ".join(f"{x:.0f}ms" for x in samples))
-    if samples:
-        cell = (f"median {fmt_num(median(samples))} ms (min {fmt_num(min(samples))} – max "
-                f"{fmt_num(max(samples))}), {len(samples)}/{k} samples")
-    else:
-        cell = "FAILED: " + (err or "no sample")[:200]
+    cell = latency_cell(samples, k, err)
     ROWS.append({"case": "4b. a name waiting for its file: the file renamed into the server's folder until it is in place (client polls every 5 s)",
                  "fastdl": cell, "aria2c": "–", "lftp": "–", "curl": "–",
                  "ratio": "–", "rss": "–"})

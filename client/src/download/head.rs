@@ -23,8 +23,11 @@ static SPARE: Mutex<(Vec<Vec<u8>>, usize)> = Mutex::new((Vec::new(), 0));
 
 /// A file's first piece and its piece digest.
 pub struct Head {
+    /// The buffer read into (perhaps a spare one, longer than the head).
     buf: Vec<u8>,
+    /// How much of `buf` is the head.
     len: usize,
+    /// The piece digest of the head, taken when it was read.
     digest: Digest,
 }
 

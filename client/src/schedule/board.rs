@@ -64,7 +64,9 @@ fn kind(state: &State) -> Kind {
 /// The lines, their states and the indexes over them.
 #[derive(Debug, Default)]
 pub struct Board {
+    /// Each line by its key (the name, or the URL).
     lines: HashMap<String, Tracked>,
+    /// Kept in step with every line's state by [`Board::set`].
     ix: Indexes,
 }
 

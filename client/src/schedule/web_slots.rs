@@ -21,7 +21,10 @@ pub struct WebSlots {
     max_lines: usize,
     /// Most bytes their first pieces may hold.
     budget: u64,
+    /// URLs between their probe and their outcome now.
     lines: usize,
+    /// What they may hold now: a whole piece per probe out, the buffer
+    /// of each answer in hand.
     bytes: u64,
 }
 
