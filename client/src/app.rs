@@ -111,7 +111,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let needs_lists = once_names.as_ref().is_none_or(|lines| {
         lines
             .iter()
-            .any(|line| matches!(Item::parse(line), Ok(Item::Name(_))))
+            .any(|line| matches!(line, input::Line::Text(text) if matches!(Item::parse(text), Ok(Item::Name(_)))))
     });
     let http = Arc::new(Http::new(&HttpOptions {
         cacert: args.cacert.clone(),
@@ -180,14 +180,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 /// `--once` knows its lines before the lists: they are read now (`None`
 /// in watch mode, which watches the file instead).
-fn once_lines(args: &Args) -> Result<Option<Vec<String>>> {
+fn once_lines(args: &Args) -> Result<Option<Vec<input::Line>>> {
     if !args.once {
         return Ok(None);
     }
     let content = input::read_input(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?
         .with_context(|| format!("{} does not exist", args.input.display()))?;
-    Ok(Some(input::parse_names(&content)))
+    Ok(Some(content.lines()))
 }
 
 /// The servers' first lists, printed when there are any; `None` if
@@ -272,10 +272,10 @@ fn start_engine(
 /// input watcher (watch mode).
 fn names_from(
     args: &Args,
-    once_names: Option<Vec<String>>,
+    once_names: Option<Vec<input::Line>>,
     poll: Duration,
     shutdown: &Arc<Shutdown>,
-) -> Result<Receiver<Vec<String>>> {
+) -> Result<Receiver<Vec<input::Line>>> {
     let (names_tx, names_rx) = crossbeam_channel::unbounded();
     if let Some(names) = once_names {
         let _ = names_tx.send(names);

@@ -109,7 +109,8 @@ impl Nginx {
              server {{\n    listen 127.0.0.1:{http_port};\n    listen 127.0.0.1:{https_port} ssl;\n\
              ssl_certificate {cert};\n    ssl_certificate_key {key};\n    root {root};\n\
              location /norange/ {{ alias {root}/; max_ranges 0; }}\n\
-             location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}\n  }}\n}}\n",
+             location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}\n\
+             location /tohttp/ {{ rewrite ^/tohttp/(.*)$ http://127.0.0.1:{http_port}/$1 redirect; }}\n  }}\n}}\n",
             dir = dir.display(),
             log = access_log.display(),
             cert = pki.cert.display(),

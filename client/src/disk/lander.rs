@@ -83,7 +83,7 @@ fn land_batch(batch: Vec<(Job, Box<Verified>)>) -> Vec<(Job, Outcome)> {
             digest: v.content,
             ..job.entry.clone()
         };
-        let result = store::place(&v.spot, &content);
+        let result = store::place(&v.spot, &content, &v.part);
         placed.push((job, v, result));
     }
     // Each folder that got a new name is flushed once; a failure there
@@ -147,7 +147,7 @@ fn outcome_of(
             let (verified, how) = match checked {
                 Some(algo) => ("verified", format!("; checked whole by {}", algo.as_str())),
                 None => (
-                    "NOT verified by digest (none given or announced; size and validators checked)",
+                    "NOT verified by digest (none given or announced; checked: its size, and that all of it is one version of the file)",
                     String::new(),
                 ),
             };

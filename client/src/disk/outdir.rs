@@ -240,6 +240,17 @@ impl Folder {
 
     /// Renames `from` to `to` in this folder, never replacing anything:
     /// `Err(EXIST)` if `to` exists.
+    /// Whether `leaf` is `file` itself (the same inode, not a link to it
+    /// nor a file put there in its place).
+    pub fn holds_file(&self, leaf: &str, file: &File) -> io::Result<bool> {
+        let ours = rustix::fs::fstat(file).map_err(errno)?;
+        match rustix::fs::statat(&self.fd, leaf, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(st.st_dev == ours.st_dev && st.st_ino == ours.st_ino),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
     pub fn rename_new(&self, from: &str, to: &str) -> Result<(), Errno> {
         rustix::fs::renameat_with(&self.fd, from, &self.fd, to, RenameFlags::NOREPLACE)
     }

@@ -183,12 +183,26 @@ pub enum Landed {
     AlreadyThere(PathBuf),
 }
 
-/// Moves a verified, already flushed part file to its final name without
-/// ever replacing a file. The caller flushes the folder afterwards (once
-/// per folder for a batch: see `lander`).
-pub fn place(spot: &Spot, entry: &Entry) -> io::Result<Landed> {
+/// Moves a verified, already flushed part file (`file`, open) to its final
+/// name without ever replacing a file. The caller flushes the folder
+/// afterwards (once per folder for a batch: see `lander`).
+///
+/// Renames go by name, and what was verified is the open file, so the
+/// name must still be that file: one swapped in under the part's name
+/// (a link, other bytes) while it was downloaded never lands. It is
+/// checked before the rename and, for a swap in between, after it.
+pub fn place(spot: &Spot, entry: &Entry, file: &File) -> io::Result<Landed> {
     let folder = &spot.folder;
     let part = spot.part();
+    let swapped = || {
+        io::Error::other(format!(
+            "{} was replaced while it was being downloaded; not landing it",
+            spot.part_path().display()
+        ))
+    };
+    if !folder.holds_file(&part, file)? {
+        return Err(swapped());
+    }
     let mut candidate = spot.leaf.clone();
     let mut n = 0;
     loop {
@@ -210,6 +224,11 @@ pub fn place(spot: &Spot, entry: &Entry) -> io::Result<Landed> {
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    if !folder.holds_file(&candidate, file)? {
+        // Back under the part's name, where nothing is taken for done.
+        let _ = folder.rename_new(&candidate, &part);
+        return Err(swapped());
     }
     let landed = folder.path_of(&candidate);
     if candidate != spot.leaf {
@@ -267,10 +286,11 @@ mod tests {
         assert!(name.len() <= 255 && name.ends_with(" (12).bin"), "{name}");
     }
 
-    fn put_part(out: &OutDir, name: &str, content: &[u8]) -> Spot {
+    fn put_part(out: &OutDir, name: &str, content: &[u8]) -> (Spot, File) {
         let spot = Spot::make(out, name).unwrap();
         spot.folder.replace(&spot.part(), ".tmp", content).unwrap();
-        spot
+        let file = File::open(spot.part_path()).unwrap();
+        (spot, file)
     }
 
     #[test]
@@ -280,20 +300,23 @@ mod tests {
         let root = dir.path();
         let e = entry("f.txt", b"new");
         // Nothing there: lands under its name.
-        let spot = put_part(&out, "f.txt", b"new");
-        assert_eq!(place(&spot, &e).unwrap(), Landed::New(root.join("f.txt")));
-        // Same content there: the part goes away, nothing changes.
-        let spot = put_part(&out, "f.txt", b"new");
+        let (spot, file) = put_part(&out, "f.txt", b"new");
         assert_eq!(
-            place(&spot, &e).unwrap(),
+            place(&spot, &e, &file).unwrap(),
+            Landed::New(root.join("f.txt"))
+        );
+        // Same content there: the part goes away, nothing changes.
+        let (spot, file) = put_part(&out, "f.txt", b"new");
+        assert_eq!(
+            place(&spot, &e, &file).unwrap(),
             Landed::AlreadyThere(root.join("f.txt"))
         );
         assert!(!spot.part_path().exists());
         // Different content there: kept, new one numbered.
         let e2 = entry("f.txt", b"newer");
-        let spot = put_part(&out, "f.txt", b"newer");
+        let (spot, file) = put_part(&out, "f.txt", b"newer");
         assert_eq!(
-            place(&spot, &e2).unwrap(),
+            place(&spot, &e2, &file).unwrap(),
             Landed::New(root.join("f (1).txt"))
         );
         assert_eq!(fs::read(root.join("f.txt")).unwrap(), b"new");
@@ -307,6 +330,31 @@ mod tests {
             already_have(&out, &entry("no/such/dir", b"x")).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_part_swapped_under_its_name_never_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutDir::open(dir.path()).unwrap();
+        let e = entry("f.txt", b"verified");
+        // Other bytes in its place.
+        let (spot, file) = put_part(&out, "f.txt", b"verified");
+        spot.folder
+            .replace(&spot.part(), ".tmp", b"imposter")
+            .unwrap();
+        assert!(place(&spot, &e, &file).is_err());
+        // A link in its place (to the very file, even).
+        let (spot, file) = put_part(&out, "g.txt", b"verified");
+        let moved = dir.path().join("elsewhere");
+        fs::rename(spot.part_path(), &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, spot.part_path()).unwrap();
+        assert!(place(&spot, &entry("g.txt", b"verified"), &file).is_err());
+        for name in ["f.txt", "g.txt"] {
+            assert!(
+                fs::symlink_metadata(dir.path().join(name)).is_err(),
+                "{name} landed"
+            );
+        }
     }
 
     #[test]

@@ -516,8 +516,11 @@ fn prepare_resume(job: &Job, spot: &Spot) -> std::io::Result<Resume> {
         Ok(Resume::Fresh)
     };
     match journal {
-        // A source that cannot range: nothing to resume from.
-        _ if !job.ranges => drop_part("the server does not serve ranges".into()),
+        // A file that comes in one answer: nothing to resume from.
+        _ if !job.ranges => drop_part(
+            "the server sends this file in one answer (no ranges, or no validator to check them against)"
+                .into(),
+        ),
         Some(j) if j.matches(entry) && job.per_piece => Ok(Resume::Check),
         Some(j) if j.matches(entry) => match j.kept_pieces() {
             Some(kept) => Ok(Resume::Kept(kept)),

@@ -28,46 +28,95 @@ pub const MAX_INPUT_BYTES: u64 = 64 << 20;
 /// log and the summary.
 pub const MAX_INPUT_LINE: usize = 16 << 10;
 
-/// The names in the text of input.txt, in order, each once: one name per
-/// line, trimmed; blank lines and `#` comments skipped; CRLF and a leading
-/// BOM tolerated. Lines that are not UTF-8 are skipped; lines longer than
-/// [`MAX_INPUT_LINE`] are cut to it.
-pub fn parse_names(content: &[u8]) -> Vec<String> {
+/// One line of input.txt that asks for something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A name or a URL line, trimmed.
+    Text(String),
+    /// A line that cannot be read as one, and why; it is refused, shown
+    /// as `shown` (so in `--once` the run fails instead of ignoring it).
+    Unreadable { shown: String, why: &'static str },
+}
+
+/// The lines of input.txt (its text, as [`read_input`] read it), in
+/// order, each once: one per line, trimmed; blank lines and `#` comments
+/// skipped; CRLF and a leading BOM tolerated. Lines longer than
+/// [`MAX_INPUT_LINE`] are cut to it. A line that is not UTF-8 is
+/// [`Line::Unreadable`], and so is the rest of a file longer than
+/// [`MAX_INPUT_BYTES`] (`complete` false): its last, cut line is not
+/// taken for a name (a URL cut short names another file).
+pub fn parse_names(content: &[u8], complete: bool) -> Vec<Line> {
     let content = content
         .strip_prefix("\u{feff}".as_bytes())
         .unwrap_or(content);
+    let (content, cut) = match (complete, content.iter().rposition(|&b| b == b'\n')) {
+        (true, _) => (content, None),
+        (false, Some(end)) => (&content[..end], Some(&content[end + 1..])),
+        (false, None) => (&content[..0], Some(content)),
+    };
     let mut seen = HashSet::new();
     let mut names = Vec::new();
     for raw in content.split(|&b| b == b'\n') {
-        let line = match std::str::from_utf8(&raw[..raw.len().min(MAX_INPUT_LINE)]) {
-            Ok(line) => line,
+        let raw = &raw[..raw.len().min(MAX_INPUT_LINE)];
+        let line = match std::str::from_utf8(raw) {
+            Ok(line) => Line::Text(line.trim().to_owned()),
             // Cut inside a character: keep what came before it.
-            Err(e) if e.error_len().is_none() && raw.len() > MAX_INPUT_LINE => {
-                std::str::from_utf8(&raw[..e.valid_up_to()]).unwrap_or_default()
+            Err(e) if e.error_len().is_none() && raw.len() == MAX_INPUT_LINE => {
+                let valid = std::str::from_utf8(&raw[..e.valid_up_to()]).unwrap_or_default();
+                Line::Text(valid.trim().to_owned())
             }
-            Err(_) => continue,
+            Err(_) => Line::Unreadable {
+                shown: String::from_utf8_lossy(raw).trim().to_owned(),
+                why: "the line is not UTF-8 text (shown with \u{fffd} for what is not)",
+            },
         };
-        let name = line.trim();
-        if name.is_empty() || name.starts_with('#') {
-            continue;
+        let key = match &line {
+            Line::Text(name) if name.is_empty() || name.starts_with('#') => continue,
+            Line::Text(name) | Line::Unreadable { shown: name, .. } => name.clone(),
+        };
+        if seen.insert(key) {
+            names.push(line);
         }
-        if seen.insert(name) {
-            names.push(name.to_owned());
-        }
+    }
+    if let Some(cut) = cut {
+        let start = &cut[..cut.len().min(80)];
+        names.push(Line::Unreadable {
+            shown: format!("{}...", String::from_utf8_lossy(start).trim()),
+            why: "the file is longer than 64 MiB; this line and every line after it were not read",
+        });
     }
     names
 }
 
-/// Reads input.txt (bounded); `None` if it does not exist.
-pub fn read_input(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+/// Reads input.txt, at most [`MAX_INPUT_BYTES`] of it; `None` if it does
+/// not exist. `complete` says whether that was all of it.
+pub fn read_input(path: &Path) -> std::io::Result<Option<Input>> {
     match File::open(path) {
         Ok(file) => {
             let mut content = Vec::new();
-            file.take(MAX_INPUT_BYTES).read_to_end(&mut content)?;
-            Ok(Some(content))
+            file.take(MAX_INPUT_BYTES + 1).read_to_end(&mut content)?;
+            let complete = content.len() as u64 <= MAX_INPUT_BYTES;
+            content.truncate(MAX_INPUT_BYTES as usize);
+            Ok(Some(Input { content, complete }))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// What [`read_input`] read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Input {
+    /// The bytes of input.txt, up to [`MAX_INPUT_BYTES`].
+    pub content: Vec<u8>,
+    /// Whether that is all of it.
+    pub complete: bool,
+}
+
+impl Input {
+    /// Its lines: see [`parse_names`].
+    pub fn lines(&self) -> Vec<Line> {
+        parse_names(&self.content, self.complete)
     }
 }
 
@@ -76,7 +125,7 @@ pub fn read_input(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 pub struct InputWatcher {
     path: PathBuf,
     poll: Duration,
-    names: Sender<Vec<String>>,
+    names: Sender<Vec<Line>>,
     shutdown: Arc<Shutdown>,
 }
 
@@ -84,7 +133,7 @@ impl InputWatcher {
     pub fn new(
         path: &Path,
         poll: Duration,
-        names: Sender<Vec<String>>,
+        names: Sender<Vec<Line>>,
         shutdown: Arc<Shutdown>,
     ) -> Self {
         InputWatcher {
@@ -130,7 +179,7 @@ impl InputWatcher {
             })
             .ok();
 
-        let mut last: Option<Vec<u8>> = None;
+        let mut last: Option<Input> = None;
         let mut missing_reported = false;
         loop {
             // Read now (at start, on an event, or at the poll), then wait
@@ -139,12 +188,16 @@ impl InputWatcher {
                 return;
             }
             match read_input(&self.path) {
-                Ok(Some(content)) => {
+                Ok(Some(input)) => {
                     missing_reported = false;
-                    if last.as_deref() != Some(&content[..]) {
-                        debug!("{}: read {} bytes", self.path.display(), content.len());
-                        let names = parse_names(&content);
-                        last = Some(content);
+                    if last.as_ref() != Some(&input) {
+                        debug!(
+                            "{}: read {} bytes",
+                            self.path.display(),
+                            input.content.len()
+                        );
+                        let names = input.lines();
+                        last = Some(input);
                         if self.names.send(names).is_err() {
                             return;
                         }
@@ -175,22 +228,67 @@ impl InputWatcher {
 mod tests {
     use super::*;
 
+    /// The names of the readable lines.
+    fn texts(content: &[u8]) -> Vec<String> {
+        parse_names(content, true)
+            .into_iter()
+            .filter_map(|line| match line {
+                Line::Text(name) => Some(name),
+                Line::Unreadable { .. } => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn takes_one_trimmed_name_per_line() {
         let text = "\u{feff}# how to use\r\na.txt\r\n\r\n  b c.bin  \n#x\na.txt\nsub/ü.txt";
-        assert_eq!(
-            parse_names(text.as_bytes()),
-            ["a.txt", "b c.bin", "sub/ü.txt"]
-        );
+        assert_eq!(texts(text.as_bytes()), ["a.txt", "b c.bin", "sub/ü.txt"]);
     }
 
     #[test]
     fn survives_garbage() {
         let mut bytes = b"ok\n\xff\xfe\x00bad\nfine\n".to_vec();
         bytes.extend((0..=255u8).collect::<Vec<_>>());
-        assert_eq!(&parse_names(&bytes)[..2], ["ok", "fine"]);
-        assert!(parse_names(b"").is_empty());
-        assert!(parse_names(b"\n\n   \n# only comments\n").is_empty());
+        assert_eq!(&texts(&bytes)[..2], ["ok", "fine"]);
+        assert!(parse_names(b"", true).is_empty());
+        assert!(parse_names(b"\n\n   \n# only comments\n", true).is_empty());
+    }
+
+    #[test]
+    fn lines_that_are_not_text_are_refused_not_skipped() {
+        let lines = parse_names(b"a\ncaf\xe9.txt\nb\n", true);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], Line::Text("a".into()));
+        assert!(
+            matches!(&lines[1], Line::Unreadable { shown, .. } if shown == "caf\u{fffd}.txt"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[2], Line::Text("b".into()));
+    }
+
+    #[test]
+    fn the_rest_of_a_file_read_in_part_is_refused_and_its_cut_line_never_a_name() {
+        let lines = parse_names(b"a.bin\nhttp://h/file.tar", false);
+        assert_eq!(lines[0], Line::Text("a.bin".into()));
+        assert!(
+            matches!(&lines[1], Line::Unreadable { shown, .. } if shown.starts_with("http://h/file.tar")),
+            "{lines:?}"
+        );
+        assert_eq!(lines.len(), 2);
+    }
+
+    #[test]
+    fn a_file_over_the_limit_is_read_as_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input.txt");
+        let mut big = b"first\n".to_vec();
+        big.resize(MAX_INPUT_BYTES as usize + 10, b'x');
+        std::fs::write(&path, &big).unwrap();
+        let input = read_input(&path).unwrap().unwrap();
+        assert!(!input.complete);
+        assert_eq!(input.content.len() as u64, MAX_INPUT_BYTES);
+        std::fs::write(&path, b"first\n").unwrap();
+        assert!(read_input(&path).unwrap().unwrap().complete);
     }
 
     #[test]
@@ -198,7 +296,7 @@ mod tests {
         let mut bytes = vec![b'z'; 5 << 20];
         bytes.extend_from_slice("\nok\n".as_bytes());
         bytes.extend("é".repeat(MAX_INPUT_LINE).as_bytes());
-        let names = parse_names(&bytes);
+        let names = texts(&bytes);
         assert_eq!(names.len(), 3);
         assert_eq!(names[0].len(), MAX_INPUT_LINE);
         assert_eq!(names[1], "ok");
@@ -208,7 +306,7 @@ mod tests {
     #[test]
     fn handles_many_lines() {
         let text: String = (0..100_000).map(|i| format!("file{i}\n")).collect();
-        let names = parse_names(text.as_bytes());
+        let names = texts(text.as_bytes());
         assert_eq!(names.len(), 100_000);
         assert_eq!(names[99_999], "file99999");
     }

@@ -20,6 +20,7 @@ use fastdl_support::printable;
 use log::{debug, error, info, warn};
 
 use super::board::Board;
+use super::input::Line;
 use super::item::Item;
 use super::names::{self, Next, Placement, Policy, State};
 use super::web_slots::WebSlots;
@@ -141,7 +142,7 @@ impl Scheduler {
     }
 
     /// Runs until shutdown, or in `--once` mode until every line is settled.
-    pub fn run(mut self, mut input: Receiver<Vec<String>>) -> Summary {
+    pub fn run(mut self, mut input: Receiver<Vec<Line>>) -> Summary {
         let mut input_open = true;
         let outcomes = self.parts.outcomes.clone();
         let probes = self.parts.web.prober.results.clone();
@@ -243,8 +244,15 @@ impl Scheduler {
         self.show_totals();
     }
 
-    fn add_lines(&mut self, lines: Vec<String>) {
+    fn add_lines(&mut self, lines: Vec<Line>) {
         for line in lines {
+            let line = match line {
+                Line::Text(text) => text,
+                Line::Unreadable { shown, why } => {
+                    self.refuse_line(shown, why.to_owned());
+                    continue;
+                }
+            };
             let item = match Item::parse(&line) {
                 Ok(item) => item,
                 Err(why) => {
@@ -455,7 +463,7 @@ impl Scheduler {
                 self.parts.web.slots.probed(head_len(&job));
                 if !job.ranges && job.entry.size > fastdl_protocol::PIECE_SIZE {
                     info!(
-                        "{key}: the server does not serve ranges; fetching it over one connection"
+                        "{key}: the server serves no ranges, or no validator (ETag, Last-Modified) to check them against; fetching it in one answer over one connection"
                     );
                 }
                 self.start(key, job, attempt);

@@ -195,6 +195,18 @@ fn https_with_a_private_ca_given_by_cacert_and_refused_without() {
     let out = web.once(&["--cacert", &ca, "--retries", "1"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(web.landed(), ["s p.bin"]);
+
+    // A redirect from https to plain http is refused: the user chose TLS.
+    // The same file by its http URL, given in the input, lands.
+    let small = write_file(&web.root.join("u.bin"), 1000, 11);
+    web.input(&[format!("{base}/tohttp/u.bin")]);
+    let out = web.once(&["--cacert", &ca]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(web.landed(), ["s p.bin"]);
+    web.input(&[format!("{}/tohttp/u.bin", web.nginx.http)]);
+    let out = web.once(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(hash_file(&web.out("u.bin")), small);
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod download;
 mod endgame;
 mod helpers;
 mod hostile_server;
+mod hostile_web;
 mod http;
 mod mirrors;
 mod plan;

@@ -15,6 +15,7 @@ use headers::HeaderMapExt;
 use ureq::http::StatusCode;
 use ureq::Agent;
 
+use super::probe::is_etag;
 use super::{body_of, classify_error, classify_status, get};
 use crate::download::outcome::Job;
 use crate::download::source::{Channel, SourceError, Trouble};
@@ -47,6 +48,31 @@ impl HttpChannel {
             body: Box::new(std::io::empty()),
         }
     }
+}
+
+/// A range answer of another version of the file than its first answer.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{url} answered a range of another version of the file (validator {got}, first answer {want})"
+)]
+pub struct OtherVersion {
+    url: String,
+    want: String,
+    got: String,
+}
+
+/// The validator of an answer, when it is not `want` (the file's first
+/// answer's): its ETag when `want` is one, else its Last-Modified. An
+/// answer without that header is taken at its `If-Range`.
+fn other_version(want: &str, headers: &ureq::http::HeaderMap) -> Option<String> {
+    let field = if is_etag(want) {
+        "etag"
+    } else {
+        "last-modified"
+    };
+    let got = headers.get(field)?;
+    (got.as_bytes() != want.as_bytes())
+        .then(|| String::from_utf8_lossy(got.as_bytes()).into_owned())
 }
 
 fn unexpected(text: String) -> SourceError {
@@ -85,8 +111,6 @@ impl Channel for HttpChannel {
             &asked.url,
             Some((asked.offset, asked.length)),
             asked.validator.as_deref(),
-            asked.length,
-            self.floor,
         )
         .map_err(classify_error)?;
         if response.status() != StatusCode::PARTIAL_CONTENT {
@@ -104,7 +128,21 @@ impl Channel for HttpChannel {
                 &asked.url,
             ));
         }
-        self.body = Box::new(body_of(response, length));
+        if let Some(want) = asked.validator.as_deref() {
+            // A server that ignores `If-Range` sends a range of whatever
+            // it has now: its validator tells.
+            if let Some(got) = other_version(want, response.headers()) {
+                return Err(SourceError {
+                    trouble: Trouble::Changed,
+                    cause: Box::new(OtherVersion {
+                        url: fastdl_support::quote(&asked.url),
+                        want: fastdl_support::quote(want),
+                        got: fastdl_support::quote(&got),
+                    }),
+                });
+            }
+        }
+        self.body = Box::new(body_of(response, length, self.floor));
         Ok(())
     }
 

@@ -38,7 +38,7 @@ use ureq::{Agent, Body};
 
 use crate::download::outcome::Job;
 use crate::download::source::{Channel, Source, SourceError, Trouble};
-use crate::net::pace::SpeedFloor;
+use crate::net::pace::{Paced, SpeedFloor};
 
 /// Redirects followed for one request at most (curl's default is 50,
 /// browsers stop near 20; a loop is found long before either).
@@ -94,6 +94,12 @@ impl Http {
             .user_agent(concat!("fastdl/", env!("CARGO_PKG_VERSION")))
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_recv_response(Some(options.floor.window))
+            // A read that waits a whole window without a byte ends (a
+            // stall); a trickle is judged by `Paced` over the body. There
+            // is no deadline on a whole body: the time the client holds a
+            // transfer back (`--limit-rate`) is not the server's.
+            .timeout_per_read(Some(options.floor.window))
+            .timeout_per_write(Some(options.floor.window))
             .build()
             .into();
         Ok(Http {
@@ -132,15 +138,16 @@ fn load_pem(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, SetupEr
 }
 
 /// A `GET` of `url` (bytes `range` of it, if given, only while
-/// `validator` still holds), held to the progress deadline: the headers
-/// within its window, a body of `expect` bytes at its rate.
+/// `validator` still holds). Its headers come within the progress
+/// deadline's window; its body is held to the deadline by [`body_of`].
+/// An `https` URL is never followed to plain `http` (the user chose
+/// TLS; a redirect must not drop it): that fails with
+/// `ureq::Error::RequireHttpsOnly` (see [`is_downgrade`]).
 pub fn get(
     agent: &Agent,
     url: &str,
     range: Option<(u64, u64)>,
     validator: Option<&str>,
-    expect: u64,
-    floor: SpeedFloor,
 ) -> Result<Response<Body>, ureq::Error> {
     let mut request = agent.get(url);
     if let Some((offset, length)) = range {
@@ -152,28 +159,32 @@ pub fn get(
             request = request.header("If-Range", validator);
         }
     }
-    request
-        .config()
-        .timeout_recv_body(Some(body_deadline(expect, floor)))
-        .build()
-        .call()
+    if url
+        .get(..6)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https:"))
+    {
+        request = request.config().https_only(true).build();
+    }
+    request.call()
 }
 
-/// The longest a body of `bytes` may take: at the floor rate, plus one
-/// window.
-fn body_deadline(bytes: u64, floor: SpeedFloor) -> Duration {
-    let secs = bytes as f64 / floor.min_rate.max(1) as f64;
-    floor.window + Duration::from_secs_f64(secs.min(1e7))
+/// Whether a request failed because a redirect led from `https` to plain
+/// `http` (see [`get`]).
+pub fn is_downgrade(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::RequireHttpsOnly(_))
 }
 
 /// The first `length` bytes of an answer's body, as a reader that, once
 /// they are read, reads the body to its end: only a body read to its end
 /// gives its connection back to the agent's pool (measured: without it,
 /// every request of 1000 small files opened its own connection). A body
-/// longer than announced is an error, not silently cut.
-pub fn body_of(response: Response<Body>, length: u64) -> BodyOf {
+/// longer than announced is an error, not silently cut. Its reads are
+/// held to the progress deadline (`floor`) as a fastdl connection's are:
+/// a read that waits a whole window in vain, or a window of waiting that
+/// brings less than the floor, fails as too slow.
+pub fn body_of(response: Response<Body>, length: u64, floor: SpeedFloor) -> BodyOf {
     BodyOf {
-        inner: response.into_body().into_reader(),
+        inner: Paced::new(StallsTimedOut(response.into_body().into_reader()), floor),
         left: length,
         ended: false,
     }
@@ -181,9 +192,25 @@ pub fn body_of(response: Response<Body>, length: u64) -> BodyOf {
 
 /// See [`body_of`].
 pub struct BodyOf {
-    inner: ureq::BodyReader<'static>,
+    inner: Paced<StallsTimedOut>,
     left: u64,
     ended: bool,
+}
+
+/// ureq's body reader with its read time-outs as `TimedOut` errors, the
+/// form in which [`Paced`] recognises a stall (ureq wraps them as `Other`).
+struct StallsTimedOut(ureq::BodyReader<'static>);
+
+impl Read for StallsTimedOut {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            if e.kind() != std::io::ErrorKind::TimedOut && is_timeout(&e) {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, e)
+            } else {
+                e
+            }
+        })
+    }
 }
 
 impl BodyOf {
@@ -312,7 +339,7 @@ impl Source for Http {
         land: &(dyn Fn(&mut dyn Read, u64) -> std::io::Result<bool> + Sync),
     ) -> Option<Result<(), SourceError>> {
         let size = file.entry.size;
-        let response = match get(&self.agent, &file.remote, None, None, size, self.floor) {
+        let response = match get(&self.agent, &file.remote, None, None) {
             Ok(response) => response,
             Err(e) => return Some(Err(classify_error(e))),
         };
@@ -326,7 +353,7 @@ impl Source for Http {
                 &file.remote,
             )));
         }
-        let mut body = response.into_body().into_reader();
+        let mut body = body_of(response, size, self.floor);
         for piece in 0..size.div_ceil(PIECE_SIZE) {
             let length = piece_range(size, piece).1;
             let mut reader = (&mut body).take(length);

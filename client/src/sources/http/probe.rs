@@ -67,8 +67,10 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 pub enum ProbeError {
     #[error("HTTP {0}")]
     Status(StatusCode),
+    #[error("refused a redirect from https to plain http (the file would travel without TLS); put the http:// URL in the input to allow it")]
+    Downgrade,
     #[error("{0}")]
-    Request(#[from] ureq::Error),
+    Request(ureq::Error),
     #[error("reading the answer: {0}")]
     Body(std::io::Error),
     #[error("the server does not say how large the file is (no Content-Length or Content-Range)")]
@@ -88,7 +90,7 @@ impl ProbeError {
             ProbeError::Status(status) => {
                 status.is_client_error() && !matches!(status.as_u16(), 408 | 429)
             }
-            ProbeError::NoSize | ProbeError::NoName => true,
+            ProbeError::NoSize | ProbeError::NoName | ProbeError::Downgrade => true,
             _ => false,
         }
     }
@@ -103,9 +105,19 @@ impl ProbeError {
     }
 }
 
+impl From<ureq::Error> for ProbeError {
+    fn from(e: ureq::Error) -> ProbeError {
+        if super::is_downgrade(&e) {
+            ProbeError::Downgrade
+        } else {
+            ProbeError::Request(e)
+        }
+    }
+}
+
 /// Probes `url`: a `GET` of its first piece.
 pub fn probe(agent: &Agent, url: &str, floor: SpeedFloor) -> Result<Probed, ProbeError> {
-    let response = get(agent, url, Some((0, PIECE_SIZE)), None, PIECE_SIZE, floor)?;
+    let response = get(agent, url, Some((0, PIECE_SIZE)), None)?;
     let status = response.status();
     let final_url = response.get_uri().to_string();
     let headers = response.headers().clone();
@@ -139,13 +151,27 @@ pub fn probe(agent: &Agent, url: &str, floor: SpeedFloor) -> Result<Probed, Prob
         status => return Err(ProbeError::Status(status)),
     };
     let name = name_for(&final_url, &headers).ok_or(ProbeError::NoName)?;
+    let etag = header_text(&headers, "etag");
+    let last_modified = header_text(&headers, "last-modified");
+    // `If-Range` takes a strong ETag or a date, never a weak ETag.
+    let validator = etag
+        .clone()
+        .filter(|e| is_etag(e))
+        .or_else(|| last_modified.clone());
+    // Without a validator nothing tells two versions of a file apart, so
+    // a file of more than one piece must come in one answer: no ranges
+    // over several connections, no resume across runs.
+    let ranges = ranges && (validator.is_some() || size <= PIECE_SIZE);
     let head_length = size.min(PIECE_SIZE);
     // The first piece, unless it would mean reading a large file whole.
     let head = if size > 0 && (ranges || size <= PIECE_SIZE) {
         let len = head_length as usize;
         let mut buf = Head::buffer(len);
-        let got = read_full(&mut super::body_of(response, head_length), &mut buf[..len])
-            .map_err(ProbeError::Body)?;
+        let got = read_full(
+            &mut super::body_of(response, head_length, floor),
+            &mut buf[..len],
+        )
+        .map_err(ProbeError::Body)?;
         if got != len {
             return Err(ProbeError::Unexpected(format!(
                 "the answer ended after {got} of {head_length} bytes"
@@ -157,12 +183,6 @@ pub fn probe(agent: &Agent, url: &str, floor: SpeedFloor) -> Result<Probed, Prob
     } else {
         None
     };
-    let etag = header_text(&headers, "etag");
-    let last_modified = header_text(&headers, "last-modified");
-    let validator = etag
-        .clone()
-        .filter(|e| !e.starts_with("W/"))
-        .or_else(|| last_modified.clone());
     let version = Digest::of(
         format!(
             "{url}\n{size}\n{}\n{}",
@@ -181,6 +201,12 @@ pub fn probe(agent: &Agent, url: &str, floor: SpeedFloor) -> Result<Probed, Prob
         announced: announced(&headers, status == StatusCode::OK),
         head,
     })
+}
+
+/// Whether a validator is a strong ETag (`"..."`), not a date or a weak
+/// `W/"..."` one.
+pub fn is_etag(validator: &str) -> bool {
+    validator.starts_with('"')
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
