@@ -5,6 +5,7 @@
 //! this one only connects them and turns errors into an exit status.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::CommandFactory;
@@ -140,6 +141,7 @@ fn run(args: Args) -> Result<()> {
             transport: transport.clone(),
             tokens,
             rescan: rescan.clone(),
+            index_pages: Default::default(),
         })
     };
     runtime.block_on(serve(&args, ctx, http_transport, shutdown.clone()))?;
@@ -166,6 +168,14 @@ fn connection_limits(args: &Args) -> Limits {
         "file descriptors: {nofile}; at most {} connections, {} per address, {} plans ({} per address)",
         table_limits.max_total, table_limits.max_per_addr, max_plans, args.max_plans_per_client
     );
+    let affordable = limits::affordable_connections(nofile, max_plans);
+    if table_limits.max_total > affordable {
+        warn!(
+            "--max-connections {} is more than {nofile} file descriptors serve at once ({affordable}); \
+             when they run out, waiting connections are closed to accept new ones",
+            table_limits.max_total
+        );
+    }
     table_limits
 }
 
@@ -193,11 +203,13 @@ fn start_catalog(
     crossbeam_channel::Sender<()>,
     Option<notify::RecommendedWatcher>,
 )> {
-    let catalog = Arc::new(Catalog::new(
-        &args.dir,
-        &args.list,
-        &[&args.list, &args.log],
-    )?);
+    // The server's own files are never published, even when they sit in
+    // the folder: its list and log, its private key, its tokens.
+    let identity = args.identity_path();
+    let mut own: Vec<&Path> = vec![&args.list, &args.log];
+    own.extend(identity.as_deref());
+    own.extend(args.token_file.as_deref());
+    let catalog = Arc::new(Catalog::new(&args.dir, &args.list, &own)?);
     info!("scanning {}", catalog.root().display());
     catalog.rescan()?;
     let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);

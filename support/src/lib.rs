@@ -62,11 +62,18 @@ pub fn quote(text: &str) -> String {
     out
 }
 
+/// Whether `c` reorders the text around it on screen (the Unicode bidi
+/// controls): a name holding one can show as another name (`txt.exe`
+/// written backwards), so such names are shown escaped.
+fn is_bidi(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// `text` as it is when it is short and has no control characters, else
 /// [`quote`]d: for names that did not pass the name rules, shown in a log
 /// line or a summary.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().count() <= QUOTE_LIMIT && !text.chars().any(char::is_control) {
+    if text.chars().count() <= QUOTE_LIMIT && !text.chars().any(|c| c.is_control() || is_bidi(c)) {
         std::borrow::Cow::Borrowed(text)
     } else {
         std::borrow::Cow::Owned(quote(text))
@@ -120,6 +127,7 @@ mod tests {
         assert!(q.len() < 400);
         assert_eq!(printable("../x"), "../x");
         assert_eq!(printable("a\nb"), "\"a\\nb\"");
+        assert_eq!(printable("cod.\u{202e}fdp"), "\"cod.\\u{202e}fdp\"");
         assert!(printable(&long).len() < 400);
     }
 

@@ -75,9 +75,19 @@ pub fn walk(root: &Path, excluded: &[PathBuf], reported: &mut HashSet<String>) -
                 continue;
             }
         };
-        if file_type.is_symlink() && !real.starts_with(root) {
-            skip(name, "symlink leads out of the folder, not listed");
-            continue;
+        if file_type.is_symlink() {
+            match real.strip_prefix(root) {
+                Err(_) => {
+                    skip(name, "symlink leads out of the folder, not listed");
+                    continue;
+                }
+                // A link must not publish what is hidden by name.
+                Ok(inside) if inside.components().any(|c| is_hidden(c.as_os_str())) => {
+                    skip(name, "symlink leads to a hidden file or folder, not listed");
+                    continue;
+                }
+                Ok(_) => {}
+            }
         }
         if excluded.contains(&real) {
             continue;
@@ -144,5 +154,23 @@ mod tests {
         fs::remove_file(root.join("out")).unwrap();
         walk(&root, &[], &mut reported);
         assert!(reported.is_empty());
+    }
+
+    #[test]
+    fn links_to_hidden_files_or_into_hidden_folders_are_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        fs::write(root.join(".secret"), b"s").unwrap();
+        fs::create_dir(root.join(".git")).unwrap();
+        fs::write(root.join(".git/config"), b"c").unwrap();
+        fs::write(root.join("plain"), b"p").unwrap();
+        std::os::unix::fs::symlink(root.join(".secret"), root.join("key.pem")).unwrap();
+        std::os::unix::fs::symlink(root.join(".git/config"), root.join("gitcfg")).unwrap();
+        std::os::unix::fs::symlink(root.join("plain"), root.join("alias")).unwrap();
+        let names: Vec<String> = walk(&root, &[], &mut HashSet::new())
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, ["alias", "plain"]);
     }
 }

@@ -47,8 +47,10 @@ pub async fn run(
             let (ctx, transport) = (Arc::clone(&ctx), transport.clone());
             tokio::spawn(session::serve(ctx, transport, stream, peer, ticket, index));
         },
-        // Closed at once: an HTTP client retries on its own.
-        |stream, _| drop(stream),
+        |stream, refusal| {
+            let (ctx, transport) = (Arc::clone(&ctx), transport.clone());
+            tokio::spawn(session::refuse(ctx, transport, stream, refusal));
+        },
     )
     .await;
 }

@@ -12,7 +12,9 @@ use fastdl_protocol::Listing;
 use headers::HeaderMapExt;
 
 use super::request::Request;
-use crate::catalog::FileInfo;
+use std::sync::Arc;
+
+use crate::catalog::{FileInfo, Snapshot};
 
 /// What a file request gets.
 #[derive(Debug, PartialEq, Eq)]
@@ -186,15 +188,60 @@ pub fn text(status: &str, body: &str, extra: &[(&str, &str)], keep_alive: bool) 
 }
 
 /// A whole answer with `body` of `content_type` (the index).
-pub fn page(content_type: &str, body: &str, keep_alive: bool) -> String {
+pub fn page_head(content_type: &str, length: usize, keep_alive: bool) -> String {
     let mut head = "HTTP/1.1 200 OK\r\n".to_owned();
     common(&mut head, keep_alive);
     let _ = write!(
         head,
-        "Content-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\n\r\n{body}",
-        body.len()
+        "Content-Type: {content_type}\r\nContent-Length: {length}\r\nCache-Control: no-cache\r\n\r\n"
     );
     head
+}
+
+/// The index pages of the current list, rendered at the first request
+/// after each change and shared by every connection (as the fastdl `LIST`
+/// reply is): 10,000 files make a 9.5 MB page, which rendered per request
+/// and held by each slow reader would let a few dozen of them take
+/// gigabytes.
+#[derive(Default)]
+pub struct IndexPages {
+    cached: std::sync::Mutex<Cached>,
+}
+
+#[derive(Default)]
+struct Cached {
+    /// The snapshot the pages below were rendered from (weak: an old
+    /// snapshot is not kept alive for them).
+    of: std::sync::Weak<Snapshot>,
+    html: Option<Arc<str>>,
+    json: Option<Arc<str>>,
+}
+
+impl IndexPages {
+    /// The HTML or JSON index of `snapshot`.
+    pub fn get(&self, snapshot: &Arc<Snapshot>, json: bool) -> Arc<str> {
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if !std::ptr::eq(cached.of.as_ptr(), Arc::as_ptr(snapshot)) {
+            *cached = Cached {
+                of: Arc::downgrade(snapshot),
+                html: None,
+                json: None,
+            };
+        }
+        let slot = if json {
+            &mut cached.json
+        } else {
+            &mut cached.html
+        };
+        let page = slot.get_or_insert_with(|| {
+            if json {
+                index_json(&snapshot.listing).into()
+            } else {
+                index_html(&snapshot.listing).into()
+            }
+        });
+        Arc::clone(page)
+    }
 }
 
 /// Characters kept as they are in a link to a file (unreserved, and `/`).
@@ -266,6 +313,21 @@ pub fn index_json(listing: &Listing) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_pages_are_rendered_once_per_list_and_shared() {
+        let pages = IndexPages::default();
+        let list = Arc::new(Snapshot::default());
+        let html = pages.get(&list, false);
+        assert!(Arc::ptr_eq(&html, &pages.get(&list, false)));
+        assert!(pages.get(&list, true).starts_with('{'));
+        let changed = Arc::new(Snapshot::default());
+        assert!(!Arc::ptr_eq(&html, &pages.get(&changed, false)));
+        // A list is not kept alive for its pages.
+        drop(list);
+        drop(changed);
+        assert!(pages.cached.lock().unwrap().of.upgrade().is_none());
+    }
 
     fn request(range: &str, if_range: Option<&str>) -> Request {
         let mut head = format!("GET /f HTTP/1.1\r\nRange: {range}\r\n");

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
@@ -15,6 +15,8 @@ use super::respond::{self, Answer};
 use crate::catalog::open::{OpenError, OpenFile};
 use crate::catalog::FileInfo;
 use crate::net::conn::{Conn, LineError};
+use crate::net::listener::{linger_close, REFUSAL_DEADLINE};
+use crate::net::table::Refusal;
 use crate::net::table::Ticket;
 use crate::net::transport::{self, Io, Transport};
 use crate::net::Ctx;
@@ -29,6 +31,9 @@ const MAX_HEAD: usize = 16 << 10;
 /// is closed, as the fastdl protocol does.
 const MAX_REFUSED: u32 = 32;
 
+/// How long a closing connection's late bytes are read and dropped.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// What to do after an answer.
 #[derive(PartialEq, Eq)]
 enum After {
@@ -40,7 +45,8 @@ struct Session<'a> {
     ctx: &'a Ctx,
     conn: Conn,
     port: &'a PortStats,
-    /// The file last opened, kept for the next range of the same file.
+    /// The file last opened, kept for the next range of the same file
+    /// while requests follow each other; closed when the connection waits.
     held: Option<(String, OpenFile)>,
     refused: u32,
 }
@@ -75,6 +81,30 @@ pub async fn serve(
         };
         Box::pin(session.requests(&ticket)).await;
     }
+}
+
+/// A connection the table refused (every connection in the way is busy):
+/// `503 Service Unavailable` with `Retry-After`, over TLS when the port
+/// speaks it, then the close, all within a few seconds.
+pub async fn refuse(
+    ctx: Arc<Ctx>,
+    transport: Transport,
+    stream: tokio::net::TcpStream,
+    refusal: Refusal,
+) {
+    let setup = transport.accept(stream, REFUSAL_DEADLINE, REFUSAL_DEADLINE);
+    let Ok(mut io) = setup.await else {
+        return;
+    };
+    let answer = respond::text(
+        "503 Service Unavailable",
+        &format!("{refusal}\n"),
+        &[("Retry-After", "1")],
+        false,
+    );
+    let send = transfer::write_all(&mut io, answer.as_bytes(), ctx.config.send_floor);
+    let _ = tokio::time::timeout(REFUSAL_DEADLINE, send).await;
+    linger_close(io.tcp(), REFUSAL_DEADLINE).await;
 }
 
 /// TLS with the server identity (or plain HTTP with `--plaintext`); a
@@ -117,6 +147,9 @@ async fn set_up(
                 false,
             );
             let _ = transfer::write_all(&mut io, answer.as_bytes(), ctx.config.send_floor).await;
+            // The request was only peeked at: read it, or the close resets
+            // the connection and the answer with it.
+            linger_close(io.tcp(), LINGER).await;
             None
         }
         (Transport::Plain, true) => None,
@@ -127,7 +160,9 @@ impl Session<'_> {
     async fn requests(&mut self, ticket: &Ticket) {
         let peer = self.conn.peer;
         loop {
-            if !self.conn.has_pending() {
+            if !self.conn.has_head(MAX_HEAD) {
+                // Waiting: closable to make room, and holding no file.
+                self.held = None;
                 ticket.waiting(self.conn.begin_wait());
             }
             let head = tokio::select! {
@@ -149,13 +184,27 @@ impl Session<'_> {
                 }
                 Err(e) => {
                     debug!("{peer}: HTTP: {e}");
-                    After::Close
+                    return;
                 }
             };
             if after == After::Close || self.refused >= MAX_REFUSED {
+                self.close().await;
                 return;
             }
         }
+    }
+
+    /// Ends the connection after an answer: TLS says so (close_notify),
+    /// and what the client still sends (pipelined requests, the rest of a
+    /// refused one) is read and dropped for a moment, since closing with
+    /// it unread would reset the connection and cut the answer short in
+    /// the client's buffers.
+    async fn close(&mut self) {
+        if let Io::Tls(tls) = &mut self.conn.io {
+            let shutdown = tokio::io::AsyncWriteExt::shutdown(tls.as_mut());
+            let _ = tokio::time::timeout(LINGER, shutdown).await;
+        }
+        linger_close(self.conn.io.tcp(), LINGER).await;
     }
 
     async fn send(&mut self, bytes: &str) -> Result<(), transfer::SendError> {
@@ -258,26 +307,20 @@ impl Session<'_> {
 
     async fn index(&mut self, json: bool, head_only: bool, keep: bool) -> After {
         let snapshot = self.ctx.catalog.snapshot();
-        let mut answer = if json {
-            respond::page(
-                "application/json",
-                &respond::index_json(&snapshot.listing),
-                keep,
-            )
+        let body = self.ctx.index_pages.get(&snapshot, json);
+        drop(snapshot);
+        let content_type = if json {
+            "application/json"
         } else {
-            respond::page(
-                "text/html; charset=utf-8",
-                &respond::index_html(&snapshot.listing),
-                keep,
-            )
+            "text/html; charset=utf-8"
         };
-        if head_only {
-            if let Some(end) = answer.find("\r\n\r\n") {
-                answer.truncate(end + 4);
-            }
-        }
+        let head = respond::page_head(content_type, body.len(), keep);
         self.refused = 0;
-        match self.send(&answer).await {
+        let mut sent = self.send(&head).await;
+        if sent.is_ok() && !head_only {
+            sent = self.send(&body).await;
+        }
+        match sent {
             Ok(()) if keep => After::Continue,
             _ => After::Close,
         }

@@ -3,8 +3,13 @@
 //! The file holds one token per line, optionally followed by a label (for
 //! the log: whose token it is); blank lines and `#` comments are skipped.
 //! It is read at start and read again whenever it changed (checked at each
-//! `AUTH`, by its size, modification time and inode: an editor's rename
-//! over it counts), so tokens can be added and revoked without a restart.
+//! `AUTH` and HTTP request, and at most once a second for connections
+//! already signed in, by its size, modification time and inode: an
+//! editor's rename over it counts), so tokens can be added and revoked
+//! without a restart. A revoked token ends the connections signed in with
+//! it at their next request. A token file that is gone accepts no token
+//! (deleting it revokes them all); one that does not parse is logged and
+//! the last good version kept (a typo does not lock everyone out).
 //!
 //! Tokens are kept only as BLAKE3 hashes, and a presented token is hashed
 //! and compared with every stored hash in constant time (blake3::Hash's
@@ -17,6 +22,7 @@ use std::fs;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -73,9 +79,30 @@ struct Failures {
 /// The accepted tokens, and the addresses that failed.
 pub struct Tokens {
     path: PathBuf,
-    current: Mutex<(Stamp, Vec<Token>)>,
+    /// The tokens, and the version of the file they were read from
+    /// (`None`: the file is gone, and no token is accepted).
+    current: Mutex<(Option<Stamp>, Vec<Token>)>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// Counted up at every change of the accepted tokens, so a signed-in
+    /// connection re-checks its token only after one.
+    generation: AtomicU64,
+    /// When the file was last looked at for a signed-in connection.
+    looked: Mutex<Instant>,
 }
+
+/// A connection's accepted token, as [`Tokens::still_valid`] re-checks it.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    hash: blake3::Hash,
+    /// The tokens' generation it was last checked against, and whether
+    /// it was accepted then.
+    generation: u64,
+    valid: bool,
+}
+
+/// How often the token file is looked at for connections already signed
+/// in (their requests would otherwise stat it thousands of times a second).
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// Parses a token file's text: `(token, label)` per line, or the first bad
 /// line (1-based) and why.
@@ -161,9 +188,83 @@ impl Tokens {
         }
         Ok(Tokens {
             path: path.into(),
-            current: Mutex::new(current),
+            current: Mutex::new((Some(current.0), current.1)),
             failures: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            looked: Mutex::new(Instant::now()),
         })
+    }
+
+    /// Reads the file again if it changed (or went).
+    fn refresh(&self, current: &mut (Option<Stamp>, Vec<Token>)) {
+        let now = match stamp(&self.path) {
+            Ok(now) => Some(now),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                warn!("cannot look at token file {}: {e}", self.path.display());
+                return;
+            }
+        };
+        if now == current.0 {
+            return;
+        }
+        match now {
+            None => {
+                log::error!(
+                    "token file {} is gone: no token is accepted until it is back",
+                    self.path.display()
+                );
+                *current = (None, Vec::new());
+            }
+            Some(_) => match read(&self.path) {
+                Ok(fresh) => {
+                    info!(
+                        "token file {} changed: {} tokens",
+                        self.path.display(),
+                        fresh.1.len()
+                    );
+                    *current = (Some(fresh.0), fresh.1);
+                }
+                Err(e) => {
+                    warn!("{e}; keeping the tokens read before");
+                    return;
+                }
+            },
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether the token of `grant` is still accepted: looks at the file
+    /// at most once every [`LOOK_EVERY`], and compares only after the
+    /// tokens changed.
+    pub fn still_valid(&self, grant: &mut Grant) -> bool {
+        let due = {
+            let mut looked = self.looked.lock().unwrap_or_else(|p| p.into_inner());
+            let due = looked.elapsed() >= LOOK_EVERY;
+            if due {
+                *looked = Instant::now();
+            }
+            due
+        };
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if due {
+            self.refresh(&mut current);
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        if generation != grant.generation {
+            grant.generation = generation;
+            grant.valid = current.1.iter().any(|t| t.hash == grant.hash);
+        }
+        grant.valid
+    }
+
+    /// The grant of an accepted `token`, for [`Self::still_valid`].
+    pub fn grant(&self, token: &str) -> Grant {
+        Grant {
+            hash: blake3::hash(token.as_bytes()),
+            generation: self.generation.load(Ordering::SeqCst),
+            valid: true,
+        }
     }
 
     /// Number of tokens accepted now.
@@ -180,19 +281,7 @@ impl Tokens {
     pub fn check(&self, token: &str) -> Option<String> {
         let presented = blake3::hash(token.as_bytes());
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if stamp(&self.path).is_ok_and(|now| now != current.0) {
-            match read(&self.path) {
-                Ok(fresh) => {
-                    info!(
-                        "token file {} changed: {} tokens",
-                        self.path.display(),
-                        fresh.1.len()
-                    );
-                    *current = fresh;
-                }
-                Err(e) => warn!("{e}; keeping the tokens read before"),
-            }
-        }
+        self.refresh(&mut current);
         // Every stored hash is compared, each in constant time.
         let mut found = None;
         for stored in &current.1 {
@@ -278,6 +367,28 @@ mod tests {
         // A broken version keeps the last good one.
         fs::write(&path, "é-is-no-token\n").unwrap();
         assert!(tokens.check("second-token-0123456789").is_some());
+        // A file that is gone accepts nothing.
+        fs::remove_file(&path).unwrap();
+        assert_eq!(tokens.check("second-token-0123456789"), None);
+    }
+
+    #[test]
+    fn a_signed_in_grant_ends_with_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        fs::write(&path, "kept-token-0123456789\nrevoked-token-0123456789\n").unwrap();
+        let tokens = Tokens::load(&path).unwrap();
+        let mut kept = tokens.grant("kept-token-0123456789");
+        let mut revoked = tokens.grant("revoked-token-0123456789");
+        assert!(tokens.still_valid(&mut kept) && tokens.still_valid(&mut revoked));
+        let tmp = dir.path().join("tokens.new");
+        fs::write(&tmp, "kept-token-0123456789\n").unwrap();
+        fs::rename(&tmp, &path).unwrap();
+        // Seen at the next look (at most a second later).
+        *tokens.looked.lock().unwrap() -= LOOK_EVERY;
+        assert!(tokens.still_valid(&mut kept));
+        assert!(!tokens.still_valid(&mut revoked));
+        assert!(!tokens.still_valid(&mut revoked), "and stays revoked");
     }
 
     #[test]

@@ -79,15 +79,30 @@ impl Conn {
         }
     }
 
-    /// The connection starts waiting for its next request now.
+    /// The connection waits for its next request: since now, or, when
+    /// part of it is here already, since that part began (so a client
+    /// that keeps a begun request behind each whole one still counts as
+    /// waiting, and as long as it has been trickling).
     pub fn begin_wait(&mut self) -> Instant {
-        self.idle_since = Instant::now();
-        self.idle_since
+        match self.line_began {
+            Some(began) if !self.pending.is_empty() => began,
+            _ => {
+                self.idle_since = Instant::now();
+                self.idle_since
+            }
+        }
     }
 
-    /// Whether bytes of a further request are already here.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+    /// Whether a whole request line (or one already too long) is here,
+    /// to be answered without waiting.
+    pub fn has_line(&self) -> bool {
+        !matches!(take_line(&self.pending, MAX_REQUEST_LINE), Scan::Partial)
+    }
+
+    /// Whether a whole HTTP request head (or one already too long) is
+    /// here, to be answered without waiting.
+    pub fn has_head(&self, limit: usize) -> bool {
+        self.pending.len() > limit || head_end(&self.pending).is_some()
     }
 
     /// The next request line: waits (without a buffer while nothing has
@@ -111,6 +126,9 @@ impl Conn {
     ) -> Result<Vec<u8>, LineError> {
         loop {
             if let Some(end) = head_end(&self.pending) {
+                if end > limit {
+                    return Err(LineError::TooLong);
+                }
                 let head: Vec<u8> = self.pending.drain(..end).collect();
                 self.line_began = (!self.pending.is_empty()).then(Instant::now);
                 return Ok(head);

@@ -3,15 +3,27 @@
 //! At start the soft `RLIMIT_NOFILE` is raised to the hard limit (the
 //! usual default soft limit, 1024, is far below what an event loop can
 //! hold). The default connection limit is then 10,000, or fewer if the
-//! descriptors do not allow it: each connection is one descriptor, and a
-//! reserve stays free for the listeners, the open plans (up to 8 ports
-//! and 8 streams each), the files being served and the log.
+//! descriptors do not allow it: each connection may take two descriptors
+//! (its socket, and the file it is sending while it answers; a waiting
+//! connection holds no file), and a reserve stays free for the listeners,
+//! the open plans (up to 8 ports and 8 streams each), the sockets of
+//! connections being closed, and the log. With the hard limit at 20,000
+//! that is 9,840 connections; at 1,024, 352.
+//!
+//! Should descriptors run out anyway (a `--max-connections` above what
+//! they allow, other processes' files), the listener closes the connection
+//! that has waited longest for a request to accept the new one
+//! (`listener::accept_each`), instead of refusing everyone.
 
 use log::warn;
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 /// The default most connections, where descriptors allow it.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Descriptors a connection may hold at once: its socket and the file it
+/// sends.
+pub const FDS_PER_CONNECTION: usize = 2;
 
 /// Descriptors kept free for everything but client connections.
 pub fn reserve(max_plans: usize) -> usize {
@@ -45,10 +57,15 @@ pub fn raise_nofile() -> u64 {
 
 /// The default connection limit for `nofile` descriptors.
 pub fn default_max_connections(nofile: u64, max_plans: usize) -> usize {
-    let usable = usize::try_from(nofile).unwrap_or(usize::MAX);
     DEFAULT_MAX_CONNECTIONS
-        .min(usable.saturating_sub(reserve(max_plans)))
+        .min(affordable_connections(nofile, max_plans))
         .max(1)
+}
+
+/// The most connections `nofile` descriptors can serve at once.
+pub fn affordable_connections(nofile: u64, max_plans: usize) -> usize {
+    let usable = usize::try_from(nofile).unwrap_or(usize::MAX);
+    usable.saturating_sub(reserve(max_plans)) / FDS_PER_CONNECTION
 }
 
 #[cfg(test)]
@@ -58,7 +75,8 @@ mod tests {
     #[test]
     fn the_default_fits_the_descriptors() {
         assert_eq!(default_max_connections(1 << 20, 16), 10_000);
-        assert_eq!(default_max_connections(1024, 16), 1024 - 64 - 256);
+        assert_eq!(default_max_connections(20_000, 16), 9_840);
+        assert_eq!(default_max_connections(1024, 16), (1024 - 64 - 256) / 2);
         assert_eq!(default_max_connections(10, 16), 1);
         assert!(raise_nofile() >= 1024);
     }

@@ -20,7 +20,7 @@ use super::Ctx;
 use crate::transfer;
 
 /// How long a refused connection may take to receive its one line.
-const REFUSAL_DEADLINE: Duration = Duration::from_millis(500);
+pub const REFUSAL_DEADLINE: Duration = Duration::from_millis(500);
 
 /// Connections the kernel may hold for us before we accept them (capped
 /// by `net.core.somaxconn`). std's default of 128 overflows when thousands
@@ -84,8 +84,21 @@ pub async fn accept_each(
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                warn!("accept failed: {e}");
+                // Out of descriptors: the connection that has waited
+                // longest makes room (its socket closes within its last
+                // word); in any case, back off briefly instead of spinning.
+                let errno = e.raw_os_error().map(rustix::io::Errno::from_raw_os_error);
+                let out_of_fds = matches!(
+                    errno,
+                    Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+                );
+                if out_of_fds && ctx.table.evict_longest_waiting() {
+                    debug!(
+                        "accept failed: {e}; closed the connection waiting longest to make room"
+                    );
+                } else {
+                    warn!("accept failed: {e}");
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }

@@ -76,4 +76,6 @@ pub struct Ctx {
     pub tokens: Option<Tokens>,
     /// Asks the catalog for an early rescan (a file changed under us).
     pub rescan: Sender<()>,
+    /// The HTTP face's index pages, shared by its connections.
+    pub index_pages: crate::http::respond::IndexPages,
 }

@@ -22,6 +22,7 @@ use fastdl_protocol::{Digest, ErrorCode, Reply, Request, VERSION};
 use fastdl_support::human_bytes;
 use log::{debug, info, warn};
 
+use super::auth::Grant;
 use super::conn::{Conn, LineError};
 use super::table::Ticket;
 use super::transport::{self, Io, SetupError};
@@ -68,10 +69,15 @@ struct Session<'a> {
     /// Whether the client may see the list and the files: from the start
     /// on a server without tokens, after a good `AUTH` on one with.
     authorized: bool,
+    /// The token it signed in with, re-checked at each request (a revoked
+    /// token ends the connection).
+    grant: Option<Grant>,
     requests: u64,
     sent: u64,
     files: BTreeMap<String, u64>,
-    /// The last file served, kept open for the next ranged read of it.
+    /// The last file served, kept open for the next ranged read of it
+    /// while requests follow each other; closed when the connection
+    /// waits.
     held: Option<(String, OpenFile)>,
 }
 
@@ -121,6 +127,7 @@ async fn requests(
         port_index,
         greeted: false,
         authorized: ctx.tokens.is_none(),
+        grant: None,
         requests: 0,
         sent: 0,
         files: BTreeMap::new(),
@@ -129,7 +136,11 @@ async fn requests(
     debug!("{peer}: connected on port {}", port.port);
     let mut bad = 0u32;
     loop {
-        if !session.conn.has_pending() {
+        if !session.conn.has_line() {
+            // Waiting: it may be closed to make room, and holds no file
+            // (a file per waiting connection would run the server out of
+            // descriptors long before its connection limit).
+            session.held = None;
             ticket.waiting(session.conn.begin_wait());
         }
         let waited = tokio::select! {
@@ -329,6 +340,12 @@ impl Session<'_> {
         if let Request::Auth { token } = &request {
             return self.auth(token).await;
         }
+        if self.revoked() {
+            info!("{}: its token was revoked; closing", self.conn.peer);
+            let why = "the token this connection signed in with is no longer accepted";
+            self.last_word(&Reply::error(ErrorCode::Auth, why)).await;
+            return (Verdict::Refused, Next::Close);
+        }
         if !self.authorized && !matches!(request, Request::Hello { .. } | Request::Quit) {
             let why = "this server needs an access token: fastdl-client --token TOKEN \
                        (or the environment variable FASTDL_TOKEN)";
@@ -377,6 +394,12 @@ impl Session<'_> {
         let mut changes = self.ctx.catalog.watch();
         ticket.waiting(self.conn.begin_wait());
         loop {
+            if self.revoked() {
+                info!("{peer}: its token was revoked; watch ended");
+                let why = "the token this connection signed in with is no longer accepted";
+                self.last_word(&Reply::error(ErrorCode::Auth, why)).await;
+                return;
+            }
             let generation = *changes.borrow_and_update();
             if let Err(e) = self.reply(&Reply::Listed { generation }).await {
                 debug!("{peer}: watch ended: {e}");
@@ -421,6 +444,7 @@ impl Session<'_> {
                     }
                 );
                 self.authorized = true;
+                self.grant = Some(tokens.grant(token));
                 self.answer(&Reply::AuthOk, Verdict::Served).await
             }
             None => {
@@ -431,6 +455,15 @@ impl Session<'_> {
                 self.last_word(&reply).await;
                 (Verdict::Refused, Next::Close)
             }
+        }
+    }
+
+    /// Whether the token the connection signed in with has since been
+    /// revoked.
+    fn revoked(&mut self) -> bool {
+        match (&self.ctx.tokens, &mut self.grant) {
+            (Some(tokens), Some(grant)) => !tokens.still_valid(grant),
+            _ => false,
         }
     }
 

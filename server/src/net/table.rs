@@ -223,6 +223,21 @@ impl Table {
         ))
     }
 
+    /// Closes the connection that has waited longest for a request, if
+    /// any waits: for when descriptors, not the limits, run out. Whether
+    /// one was closed.
+    pub fn evict_longest_waiting(&self) -> bool {
+        let mut inner = self.lock();
+        let Some(&(_, id)) = inner.waiting.first() else {
+            return false;
+        };
+        if let Some(entry) = inner.remove(id) {
+            entry.close.cancel();
+            inner.evicted += 1;
+        }
+        true
+    }
+
     pub fn counts(&self) -> Counts {
         let inner = self.lock();
         Counts {

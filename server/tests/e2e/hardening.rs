@@ -13,19 +13,23 @@ use std::time::{Duration, Instant};
 use fastdl_testkit::{client, hash_file, run_with_deadline, wait_until, write_file, Server};
 
 /// A raw connection with a read deadline.
-struct Raw {
-    reader: BufReader<TcpStream>,
+pub(super) struct Raw {
+    pub(super) reader: BufReader<TcpStream>,
     writer: TcpStream,
 }
 
 impl Raw {
-    fn connect(addr: SocketAddr) -> Raw {
+    pub(super) fn connect(addr: SocketAddr) -> Raw {
         Raw::connect_from(None, addr, None)
     }
 
     /// Connects from `source` (another loopback address) or any address,
     /// with a receive buffer of `rcvbuf` bytes or the system's.
-    fn connect_from(source: Option<IpAddr>, addr: SocketAddr, rcvbuf: Option<usize>) -> Raw {
+    pub(super) fn connect_from(
+        source: Option<IpAddr>,
+        addr: SocketAddr,
+        rcvbuf: Option<usize>,
+    ) -> Raw {
         use rustix::net::{bind, connect, socket, sockopt, AddressFamily, SocketType};
         let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
         if let Some(ip) = source {
@@ -45,20 +49,20 @@ impl Raw {
         }
     }
 
-    fn hello(addr: SocketAddr) -> Raw {
+    pub(super) fn hello(addr: SocketAddr) -> Raw {
         let mut raw = Raw::connect(addr);
         raw.send("FASTDL 2\n");
         assert_eq!(raw.line().as_deref(), Some("FASTDL 2"));
         raw
     }
 
-    fn send(&mut self, text: &str) {
+    pub(super) fn send(&mut self, text: &str) {
         self.writer.write_all(text.as_bytes()).unwrap();
     }
 
     /// One line; `None` when the connection ended first. A read timeout
     /// fails the test.
-    fn line(&mut self) -> Option<String> {
+    pub(super) fn line(&mut self) -> Option<String> {
         let mut buf = Vec::new();
         match (&mut self.reader).take(8192).read_until(b'\n', &mut buf) {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -73,7 +77,7 @@ impl Raw {
     }
 }
 
-fn published(root: &Path) -> std::path::PathBuf {
+pub(super) fn published(root: &Path) -> std::path::PathBuf {
     let res = root.join("res");
     fs::create_dir_all(&res).unwrap();
     res

@@ -7,4 +7,5 @@ mod hardening;
 mod hostile;
 mod http;
 mod protocol;
+mod third_attack;
 mod tls;
