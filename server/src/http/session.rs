@@ -173,7 +173,7 @@ impl Session<'_> {
             ticket.busy();
             let after = match head {
                 Ok(head) => match Request::parse(&head) {
-                    Ok(request) => self.answer(&request).await,
+                    Ok(request) => self.answer(&request, ticket).await,
                     Err(e) => self.bad(&e).await,
                 },
                 Err(LineError::TooLong) => {
@@ -238,7 +238,7 @@ impl Session<'_> {
             .await
     }
 
-    async fn answer(&mut self, request: &Request) -> After {
+    async fn answer(&mut self, request: &Request, ticket: &Ticket) -> After {
         let keep = request.keep_alive();
         let head_only = match request.method.as_str() {
             "GET" => false,
@@ -254,7 +254,7 @@ impl Session<'_> {
                     .await
             }
         };
-        if !self.authorized(request).await {
+        if !self.authorized(request, ticket).await {
             let challenge = [("WWW-Authenticate", "Bearer realm=\"fastdl\"")];
             return self
                 .refuse(
@@ -286,8 +286,9 @@ impl Session<'_> {
 
     /// Whether the request may see the files: always on a public server,
     /// else with a valid bearer token (a bad one is answered late, the
-    /// wait growing with the address's failures).
-    async fn authorized(&self, request: &Request) -> bool {
+    /// wait growing with the address's failures, during which the
+    /// connection counts as waiting).
+    async fn authorized(&self, request: &Request, ticket: &Ticket) -> bool {
         let Some(tokens) = &self.ctx.tokens else {
             return true;
         };
@@ -301,7 +302,7 @@ impl Session<'_> {
             "{}: HTTP: no valid token; answering in {wait:?}",
             self.conn.peer
         );
-        tokio::time::sleep(wait).await;
+        crate::net::session::penalty_wait(ticket, wait).await;
         false
     }
 

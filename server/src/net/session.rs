@@ -63,6 +63,8 @@ enum Verdict {
 struct Session<'a> {
     conn: Conn,
     ctx: &'a Ctx,
+    /// Its place in the connection table.
+    ticket: &'a Ticket,
     port: &'a PortStats,
     port_index: usize,
     greeted: bool,
@@ -123,6 +125,7 @@ async fn requests(
     let mut session = Session {
         conn: Conn::new(io, peer),
         ctx,
+        ticket,
         port,
         port_index,
         greeted: false,
@@ -223,6 +226,18 @@ async fn set_up(
         transport::say(&stream, &Reply::error(ErrorCode::Timeout, why)).await;
     }
     None
+}
+
+/// The wait before a bad token is refused. The connection counts as
+/// waiting meanwhile: it may be closed to make room (a client with bad
+/// tokens does not hold busy slots for the penalty's 16 s).
+pub async fn penalty_wait(ticket: &Ticket, wait: Duration) {
+    ticket.waiting(Instant::now());
+    tokio::select! {
+        biased;
+        () = ticket.close.cancelled() => {}
+        () = tokio::time::sleep(wait) => {}
+    }
 }
 
 /// What a connection closed to make room is told.
@@ -450,7 +465,7 @@ impl Session<'_> {
             None => {
                 let wait = tokens.failed(peer.ip(), Instant::now());
                 warn!("{peer}: token not accepted; answering in {wait:?}");
-                tokio::time::sleep(wait).await;
+                penalty_wait(self.ticket, wait).await;
                 let reply = Reply::error(ErrorCode::Auth, "token not accepted");
                 self.last_word(&reply).await;
                 (Verdict::Refused, Next::Close)
