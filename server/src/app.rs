@@ -142,6 +142,7 @@ fn run(args: Args) -> Result<()> {
             tokens,
             rescan: rescan.clone(),
             index_pages: Default::default(),
+            closing: Default::default(),
         })
     };
     runtime.block_on(serve(&args, ctx, http_transport, shutdown.clone()))?;

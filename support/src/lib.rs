@@ -65,7 +65,7 @@ pub fn quote(text: &str) -> String {
 /// Whether `c` reorders the text around it on screen (the Unicode bidi
 /// controls): a name holding one can show as another name (`txt.exe`
 /// written backwards), so such names are shown escaped.
-fn is_bidi(c: char) -> bool {
+pub fn is_bidi(c: char) -> bool {
     matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 

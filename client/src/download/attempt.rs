@@ -499,16 +499,16 @@ enum Resume {
 /// dropped.
 fn prepare_resume(job: &Job, spot: &Spot) -> std::io::Result<Resume> {
     let entry = &job.entry;
-    let journal = Journal::load(spot)?;
     if spot.folder.look(&spot.part())? == Found::Nothing {
         // A journal without its part is stale, whether it reads or not
         // (an older format, a link planted there): the lander looks for a
         // journal only beside files that may have one.
-        if journal.is_some() || spot.folder.look(&spot.journal())? != Found::Nothing {
+        if spot.folder.look(&spot.journal())? != Found::Nothing {
             spot.folder.remove(&spot.journal())?;
         }
         return Ok(Resume::Fresh);
     }
+    let journal = Journal::load(spot)?;
     let drop_part = |why: String| -> std::io::Result<Resume> {
         info!("{}: {why}; starting over", entry.name);
         spot.folder.remove(&spot.part())?;

@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
@@ -41,6 +42,11 @@ pub fn walk(root: &Path, excluded: &[PathBuf], reported: &mut HashSet<String>) -
         }
         now_skipped.insert(key);
     };
+    let excluded_ids: Vec<(u64, u64)> = excluded
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
     let mut found = Vec::new();
     let walker = WalkDir::new(root)
         .follow_links(false)
@@ -96,6 +102,10 @@ pub fn walk(root: &Path, excluded: &[PathBuf], reported: &mut HashSet<String>) -
             Ok(meta) if meta.is_file() => meta,
             _ => continue,
         };
+        // A hard link to one of the server's own files is that file.
+        if excluded_ids.contains(&(meta.dev(), meta.ino())) {
+            continue;
+        }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         found.push(Found {
             name,
@@ -172,5 +182,21 @@ mod tests {
             .map(|f| f.name)
             .collect();
         assert_eq!(names, ["alias", "plain"]);
+    }
+
+    #[test]
+    fn hard_links_to_the_server_s_own_files_are_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let key = outside.path().join("identity.pem");
+        fs::write(&key, b"PRIVATE").unwrap();
+        fs::hard_link(&key, root.join("innocent.txt")).unwrap();
+        fs::write(root.join("plain"), b"p").unwrap();
+        let names: Vec<String> = walk(&root, &[key], &mut HashSet::new())
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, ["plain"]);
     }
 }

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, warn};
@@ -57,16 +57,42 @@ pub fn watch(catalog: &Catalog, wake: Sender<()>) -> Option<RecommendedWatcher> 
 }
 
 /// Rescans on every settled burst of events and every `period`, for the
-/// life of the process (the thread ends with it).
+/// life of the process (the thread ends with it). Events that never settle
+/// (a file written to without pause: a copy, a log) do not hold off the
+/// rescan past `period` after the last one, so other changes are still
+/// published (see [`settled`]).
 pub fn run_rescans(catalog: Arc<Catalog>, wake: Receiver<()>, period: Duration) {
+    let mut last = Instant::now();
     loop {
         if wake.recv_timeout(period).is_ok() {
-            // Let the burst settle.
-            while wake.recv_timeout(SETTLE).is_ok() {}
+            let mut now = Instant::now();
+            while !settled(last, now, period) && wake.recv_timeout(SETTLE).is_ok() {
+                now = Instant::now();
+            }
             debug!("files changed in {}; rescanning", catalog.root().display());
         }
+        last = Instant::now();
         if let Err(e) = catalog.rescan() {
             warn!("rescan failed: {e:#}");
         }
+    }
+}
+
+/// Whether a burst of events that is still going on has waited long
+/// enough: `period` since the last rescan (`last`), at `now`.
+fn settled(last: Instant, now: Instant, period: Duration) -> bool {
+    now.saturating_duration_since(last) >= period
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endless_events_wait_at_most_a_period_since_the_last_rescan() {
+        let last = Instant::now();
+        let period = Duration::from_secs(5);
+        assert!(!settled(last, last + Duration::from_secs(1), period));
+        assert!(settled(last, last + period, period));
     }
 }

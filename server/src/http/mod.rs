@@ -48,8 +48,11 @@ pub async fn run(
             tokio::spawn(session::serve(ctx, transport, stream, peer, ticket, index));
         },
         |stream, refusal| {
-            let (ctx, transport) = (Arc::clone(&ctx), transport.clone());
-            tokio::spawn(session::refuse(ctx, transport, stream, refusal));
+            // Past the budget of closing sockets: closed at once.
+            if let Some(slot) = ctx.closing.enter() {
+                let (ctx, transport) = (Arc::clone(&ctx), transport.clone());
+                tokio::spawn(session::refuse(ctx, transport, stream, refusal, slot));
+            }
         },
     )
     .await;

@@ -273,6 +273,21 @@ fn escape_html(text: &str) -> String {
 }
 
 /// The index page: every published file, linked, with size and digest.
+/// A name as the index shows it: bidi controls written out (`\u{202e}`),
+/// so that a name cannot display as another (`evil\u{202e}txt.exe` as
+/// "evilexe.txt").
+fn visible(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if fastdl_support::is_bidi(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub fn index_html(listing: &Listing) -> String {
     let mut body = String::from(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>fastdl</title></head><body>\n\
@@ -284,7 +299,7 @@ pub fn index_html(listing: &Listing) -> String {
             body,
             "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td><code>{}</code></td></tr>",
             escape_html(&link(&entry.name)),
-            escape_html(&entry.name),
+            escape_html(&visible(&entry.name)),
             entry.size,
             entry.digest
         );
@@ -313,6 +328,12 @@ pub fn index_json(listing: &Listing) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidi_controls_are_written_out_in_the_index() {
+        assert_eq!(visible("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
+        assert_eq!(visible("plain ü.txt"), "plain ü.txt");
+    }
 
     #[test]
     fn index_pages_are_rendered_once_per_list_and_shared() {

@@ -15,6 +15,7 @@ use super::respond::{self, Answer};
 use crate::catalog::open::{OpenError, OpenFile};
 use crate::catalog::FileInfo;
 use crate::net::conn::{Conn, LineError};
+use crate::net::limits::ClosingSlot;
 use crate::net::listener::{linger_close, REFUSAL_DEADLINE};
 use crate::net::table::Refusal;
 use crate::net::table::Ticket;
@@ -91,6 +92,7 @@ pub async fn refuse(
     transport: Transport,
     stream: tokio::net::TcpStream,
     refusal: Refusal,
+    _slot: ClosingSlot,
 ) {
     let setup = transport.accept(stream, REFUSAL_DEADLINE, REFUSAL_DEADLINE);
     let Ok(mut io) = setup.await else {
@@ -188,7 +190,14 @@ impl Session<'_> {
                 }
             };
             if after == After::Close || self.refused >= MAX_REFUSED {
-                self.close().await;
+                // Done: what is left is the close, which may be cut short
+                // to make room.
+                ticket.waiting(Instant::now());
+                tokio::select! {
+                    biased;
+                    () = ticket.close.cancelled() => {}
+                    () = self.close() => {}
+                }
                 return;
             }
         }

@@ -7,9 +7,11 @@
 //! already signed in, by its size, modification time and inode: an
 //! editor's rename over it counts), so tokens can be added and revoked
 //! without a restart. A revoked token ends the connections signed in with
-//! it at their next request. A token file that is gone accepts no token
-//! (deleting it revokes them all); one that does not parse is logged and
-//! the last good version kept (a typo does not lock everyone out).
+//! it at their next request (an answer already under way is finished). A
+//! token file that is gone, is not a regular file, or no longer parses
+//! accepts no token until it is fixed (the edit may have been a
+//! revocation: failing open would keep a revoked token good), with an
+//! error in the log.
 //!
 //! Tokens are kept only as BLAKE3 hashes, and a presented token is hashed
 //! and compared with every stored hash in constant time (blake3::Hash's
@@ -20,7 +22,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -142,7 +144,20 @@ fn read(path: &Path) -> Result<(Stamp, Vec<Token>), TokenFileError> {
         source,
     };
     let stamp = stamp(path).map_err(read_err)?;
-    let file = fs::File::open(path).map_err(read_err)?;
+    // Never blocks: a FIFO put in its place would otherwise hang the
+    // reader (and every connection waiting for the tokens).
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(read_err)?;
+    if !file.metadata().map_err(read_err)?.is_file() {
+        return Err(TokenFileError::Bad {
+            path: path.into(),
+            line: 0,
+            why: "not a regular file".into(),
+        });
+    }
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE), &mut bytes)
         .map_err(read_err)?;
@@ -226,8 +241,9 @@ impl Tokens {
                     *current = (Some(fresh.0), fresh.1);
                 }
                 Err(e) => {
-                    warn!("{e}; keeping the tokens read before");
-                    return;
+                    // Fail closed: the edit may have been a revocation.
+                    log::error!("{e}; no token is accepted until the file is fixed");
+                    *current = (now, Vec::new());
                 }
             },
         }
@@ -364,9 +380,22 @@ mod tests {
             tokens.check("second-token-0123456789").as_deref(),
             Some("bob")
         );
-        // A broken version keeps the last good one.
-        fs::write(&path, "é-is-no-token\n").unwrap();
+        // A broken version accepts nothing until it is fixed.
+        fs::write(&path, "second-token-0123456789 bob\né-is-no-token\n").unwrap();
+        assert_eq!(tokens.check("second-token-0123456789"), None);
+        fs::write(&path, "second-token-0123456789 bob\n").unwrap();
         assert!(tokens.check("second-token-0123456789").is_some());
+        // So does a FIFO in its place, without blocking.
+        fs::remove_file(&path).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert_eq!(tokens.check("second-token-0123456789"), None);
         // A file that is gone accepts nothing.
         fs::remove_file(&path).unwrap();
         assert_eq!(tokens.check("second-token-0123456789"), None);

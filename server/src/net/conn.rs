@@ -94,15 +94,36 @@ impl Conn {
     }
 
     /// Whether a whole request line (or one already too long) is here,
-    /// to be answered without waiting.
-    pub fn has_line(&self) -> bool {
-        !matches!(take_line(&self.pending, MAX_REQUEST_LINE), Scan::Partial)
+    /// to be answered without waiting, counting what the socket holds.
+    pub fn has_line(&mut self) -> bool {
+        let whole = |pending: &[u8]| !matches!(take_line(pending, MAX_REQUEST_LINE), Scan::Partial);
+        whole(&self.pending) || (self.pull() && whole(&self.pending))
     }
 
     /// Whether a whole HTTP request head (or one already too long) is
-    /// here, to be answered without waiting.
-    pub fn has_head(&self, limit: usize) -> bool {
-        self.pending.len() > limit || head_end(&self.pending).is_some()
+    /// here, to be answered without waiting, counting what the socket
+    /// holds.
+    pub fn has_head(&mut self, limit: usize) -> bool {
+        let whole = |pending: &[u8]| pending.len() > limit || head_end(pending).is_some();
+        whole(&self.pending) || (self.pull() && whole(&self.pending))
+    }
+
+    /// Takes in what the socket already holds, without waiting (a client
+    /// that pipelines is not waiting for anything, even when the buffer
+    /// here ran dry); whether anything came. The end of the stream and
+    /// errors are left for the next read to meet.
+    fn pull(&mut self) -> bool {
+        let mut chunk = [0u8; READ_CHUNK];
+        match self.io.try_read(&mut chunk) {
+            Ok(n) if n > 0 => {
+                if self.pending.is_empty() {
+                    self.line_began = Some(Instant::now());
+                }
+                self.pending.extend_from_slice(&chunk[..n]);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The next request line: waits (without a buffer while nothing has
@@ -235,6 +256,27 @@ mod tests {
         let err = conn.next_line(QUICK).await.unwrap_err();
         assert!(matches!(err, LineError::Slow(_)), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_request_still_in_the_socket_is_not_waiting() {
+        let (mut conn, mut client) = pair().await;
+        client.write_all(b"FASTDL 2\n").await.unwrap();
+        assert_eq!(conn.next_line(QUICK).await.unwrap(), "FASTDL 2");
+        assert!(!conn.has_line(), "nothing sent yet");
+        client.write_all(b"LIST\n").await.unwrap();
+        conn.io.tcp().readable().await.unwrap();
+        assert!(conn.has_line(), "the kernel holds a whole request");
+        assert_eq!(conn.next_line(QUICK).await.unwrap(), "LIST");
+        // A partial request counts as waiting since it began, not since
+        // the connection was last looked at.
+        let before = Instant::now();
+        client.write_all(b"GE").await.unwrap();
+        conn.io.tcp().readable().await.unwrap();
+        assert!(!conn.has_line());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let since = conn.begin_wait();
+        assert!(since >= before && since.elapsed() >= Duration::from_millis(50));
     }
 
     #[tokio::test]

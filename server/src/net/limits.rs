@@ -7,13 +7,16 @@
 //! (its socket, and the file it is sending while it answers; a waiting
 //! connection holds no file), and a reserve stays free for the listeners,
 //! the open plans (up to 8 ports and 8 streams each), the sockets of
-//! connections being closed, and the log. With the hard limit at 20,000
-//! that is 9,840 connections; at 1,024, 352.
+//! connections being closed ([`Closing`]), and the log. With the hard
+//! limit at 20,000 that is 9,776 connections; at 1,024, 288.
 //!
 //! Should descriptors run out anyway (a `--max-connections` above what
 //! they allow, other processes' files), the listener closes the connection
 //! that has waited longest for a request to accept the new one
 //! (`listener::accept_each`), instead of refusing everyone.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use log::warn;
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
@@ -25,9 +28,48 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// sends.
 pub const FDS_PER_CONNECTION: usize = 2;
 
+/// Sockets that may be closing at once outside the connection table (see
+/// [`Closing`]).
+pub const CLOSING_BUDGET: usize = 128;
+
 /// Descriptors kept free for everything but client connections.
 pub fn reserve(max_plans: usize) -> usize {
-    64 + max_plans * 16
+    64 + max_plans * 16 + CLOSING_BUDGET
+}
+
+/// Sockets being closed outside the connection table: a connection
+/// closed to make room (its last word, up to a few seconds), a refused
+/// one (its `ERROR BUSY` or `503`). They hold descriptors the table no
+/// longer counts, so they are counted here, within [`CLOSING_BUDGET`]:
+/// past it, a socket is closed at once, without its last word, and a
+/// flood of refusals or evictions cannot run the server out of
+/// descriptors.
+#[derive(Debug, Default)]
+pub struct Closing {
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One socket's place in [`Closing`], given back when dropped (owned, so
+/// that the task closing the socket can hold it).
+#[derive(Debug)]
+pub struct ClosingSlot(Arc<AtomicUsize>);
+
+impl Closing {
+    /// A place for one more closing socket, if the budget has one.
+    pub fn enter(&self) -> Option<ClosingSlot> {
+        let taken = self
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < CLOSING_BUDGET).then_some(n + 1)
+            });
+        taken.ok().map(|_| ClosingSlot(Arc::clone(&self.in_flight)))
+    }
+}
+
+impl Drop for ClosingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Raises the soft descriptor limit to the hard one; returns the limit
@@ -75,9 +117,22 @@ mod tests {
     #[test]
     fn the_default_fits_the_descriptors() {
         assert_eq!(default_max_connections(1 << 20, 16), 10_000);
-        assert_eq!(default_max_connections(20_000, 16), 9_840);
-        assert_eq!(default_max_connections(1024, 16), (1024 - 64 - 256) / 2);
+        assert_eq!(default_max_connections(20_000, 16), 9_776);
+        assert_eq!(
+            default_max_connections(1024, 16),
+            (1024 - 64 - 256 - 128) / 2
+        );
         assert_eq!(default_max_connections(10, 16), 1);
         assert!(raise_nofile() >= 1024);
+    }
+
+    #[test]
+    fn closing_sockets_stay_within_their_budget() {
+        let closing = Closing::default();
+        let slots: Vec<_> = (0..CLOSING_BUDGET).map_while(|_| closing.enter()).collect();
+        assert_eq!(slots.len(), CLOSING_BUDGET);
+        assert!(closing.enter().is_none());
+        drop(slots);
+        assert!(closing.enter().is_some());
     }
 }

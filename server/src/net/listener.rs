@@ -14,6 +14,7 @@ use log::{debug, warn};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::limits::ClosingSlot;
 use super::session::serve;
 use super::table::{Refusal, Ticket};
 use super::Ctx;
@@ -59,7 +60,10 @@ pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, index: usize, shutdown: C
             tokio::spawn(serve(Arc::clone(&ctx), stream, peer, ticket, index));
         },
         |stream, refusal| {
-            tokio::spawn(refuse(stream, refusal, Arc::clone(&refusals)));
+            // Past the budget of closing sockets: closed at once.
+            if let Some(slot) = refusals.closing.enter() {
+                tokio::spawn(refuse(stream, refusal, Arc::clone(&refusals), slot));
+            }
         },
     )
     .await;
@@ -124,8 +128,9 @@ pub async fn accept_each(
 }
 
 /// Sends one `ERROR BUSY` line (over TLS when the server speaks it, so
-/// that the client can read it) and closes.
-async fn refuse(stream: TcpStream, refusal: Refusal, ctx: Arc<Ctx>) {
+/// that the client can read it) and closes, holding a place among the
+/// closing sockets.
+async fn refuse(stream: TcpStream, refusal: Refusal, ctx: Arc<Ctx>, _slot: ClosingSlot) {
     let line = format!("{}\n", Reply::error(ErrorCode::Busy, refusal.to_string()));
     let setup = ctx
         .transport

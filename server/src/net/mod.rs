@@ -78,4 +78,6 @@ pub struct Ctx {
     pub rescan: Sender<()>,
     /// The HTTP face's index pages, shared by its connections.
     pub index_pages: crate::http::respond::IndexPages,
+    /// Sockets being closed outside the connection table.
+    pub closing: limits::Closing,
 }

@@ -156,9 +156,13 @@ async fn requests(
             Waited::Closed => {
                 if ticket.evicted() {
                     debug!("{peer}: closed to make room for a new connection");
-                    session
-                        .last_word(&Reply::error(ErrorCode::Timeout, EVICTED))
-                        .await;
+                    // Out of the table now: a last word only within the
+                    // budget of closing sockets.
+                    if let Some(_slot) = ctx.closing.enter() {
+                        session
+                            .last_word(&Reply::error(ErrorCode::Timeout, EVICTED))
+                            .await;
+                    }
                 }
                 break;
             }
@@ -222,7 +226,10 @@ async fn set_up(
         None => return None,
     };
     debug!("{peer}: {why}; closing");
-    if !ctx.transport.is_tls() {
+    // Evicted, it is out of the table: a last word only within the budget
+    // of closing sockets.
+    let slot = ctx.closing.enter();
+    if !ctx.transport.is_tls() && (slot.is_some() || !ticket.evicted()) {
         transport::say(&stream, &Reply::error(ErrorCode::Timeout, why)).await;
     }
     None
@@ -424,7 +431,9 @@ impl Session<'_> {
                 biased;
                 () = ticket.close.cancelled() => {
                     if ticket.evicted() {
-                        self.last_word(&Reply::error(ErrorCode::Timeout, EVICTED)).await;
+                        if let Some(_slot) = self.ctx.closing.enter() {
+                            self.last_word(&Reply::error(ErrorCode::Timeout, EVICTED)).await;
+                        }
                     }
                     return;
                 }

@@ -274,3 +274,32 @@ fn http_refusals_are_answered() {
     assert!(answer.contains("Retry-After: 1"), "{answer:.200}");
     drop(busy);
 }
+
+/// A file written to without pause (a copy, a log) must not hold off
+/// every other change: a file added meanwhile is listed within the rescan
+/// period (here 2 s), not once the writing stops.
+#[test]
+fn a_file_written_without_pause_does_not_hold_off_the_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let res = published(tmp.path());
+    fs::write(res.join("growing.log"), b"").unwrap();
+    let server = Server::start(&res, tmp.path(), &["--plaintext", "--rescan", "2"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, log) = (std::sync::Arc::clone(&stop), res.join("growing.log"));
+        std::thread::spawn(move || {
+            let mut file = fs::OpenOptions::new().append(true).open(log).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                file.write_all(b"a line\n").unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    fs::write(res.join("new_file.txt"), b"new").unwrap();
+    wait_until(Duration::from_secs(8), "the new file to be listed", || {
+        fs::read_to_string(&server.list).is_ok_and(|list| list.contains("new_file.txt"))
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+}
