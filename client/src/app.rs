@@ -149,7 +149,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let web = Web {
         source: servers.len(),
-        prober: Prober::start(http.agent().clone(), http.floor(), args.jobs as usize),
+        prober: Prober::start(
+            http.agent().clone(),
+            http.floor(),
+            args.jobs as usize,
+            engine.limit(),
+        ),
         slots: WebSlots::new(
             4 * args.jobs as usize,
             2 * args.jobs * fastdl_protocol::PIECE_SIZE,
@@ -248,7 +253,7 @@ fn start_engine(
         connections: args.connections as usize,
         max_files: args.jobs as usize,
         plan: args.plan,
-        limit: args.limit_rate.map(RateLimit::new),
+        limit: args.limit_rate.map(|rate| Arc::new(RateLimit::new(rate))),
         // Downloads will follow at once: connect while the lists come.
         connect_early: args.once && needs_lists,
     };
@@ -302,16 +307,21 @@ fn report(summary: Summary, once: bool) -> Result<ExitCode> {
         info!("stopped; unfinished downloads keep their part files and start again next time");
         return Ok(interrupted(once));
     }
+    let failed = summary.failed.len() + summary.more_refused;
     info!(
-        "{} downloaded, {} already present, {} failed",
-        summary.downloaded,
-        summary.already_had,
-        summary.failed.len()
+        "{} downloaded, {} already present, {failed} failed",
+        summary.downloaded, summary.already_had,
     );
     for (name, why) in &summary.failed {
         eprintln!("failed: {name}: {why}");
     }
-    Ok(if summary.failed.is_empty() {
+    if summary.more_refused > 0 {
+        eprintln!(
+            "failed: {} more lines of the input refused (not shown; see above)",
+            summary.more_refused
+        );
+    }
+    Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

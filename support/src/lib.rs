@@ -35,9 +35,11 @@ pub struct SpeedFloor {
 }
 
 impl SpeedFloor {
-    /// Bytes a whole window must bring.
-    pub fn min_bytes(&self) -> u64 {
-        (self.min_rate as f64 * self.window.as_secs_f64()).ceil() as u64
+    /// Bytes `time` must bring at the floor rate. A judgement covers at
+    /// least a window but may cover more (one read waited long), and is
+    /// held to the rate over all of it, not to one window's bytes.
+    pub fn min_bytes_over(&self, time: std::time::Duration) -> u64 {
+        (self.min_rate as f64 * time.as_secs_f64()).ceil() as u64
     }
 }
 

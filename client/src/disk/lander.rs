@@ -147,7 +147,7 @@ fn outcome_of(
             let (verified, how) = match checked {
                 Some(algo) => ("verified", format!("; checked whole by {}", algo.as_str())),
                 None => (
-                    "NOT verified by digest (none given or announced; checked: its size, and that all of it is one version of the file)",
+                    "NOT verified by digest (none given or announced; checked only its size, and that every answer carried the first one's ETag or Last-Modified, or that one answer brought all of it)",
                     String::new(),
                 ),
             };

@@ -205,7 +205,10 @@ impl Folder {
 
     /// Opens (creating) a file for reading and writing. Anything at the
     /// name that is not a regular file (a link planted there, say) is
-    /// removed first, so bytes are only ever written inside the folder.
+    /// removed first, and so is a regular file with other names (a hard
+    /// link to a file elsewhere, whose bytes writing here would change),
+    /// so bytes are only ever written inside the folder, to a file only
+    /// this name reaches.
     pub fn open_writable(&self, leaf: &str) -> io::Result<File> {
         if self.look(leaf)? == Found::Other {
             log::warn!(
@@ -214,7 +217,17 @@ impl Folder {
             );
             self.remove(leaf)?;
         }
-        self.open_at(leaf, OFlags::RDWR | OFlags::CREATE)
+        let file = self.open_at(leaf, OFlags::RDWR | OFlags::CREATE)?;
+        if rustix::fs::fstat(&file).map_err(errno)?.st_nlink == 1 {
+            return Ok(file);
+        }
+        log::warn!(
+            "{}: has other names (a hard link); removing it and starting a new file",
+            self.path_of(leaf).display()
+        );
+        drop(file);
+        self.remove(leaf)?;
+        self.open_at(leaf, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL)
     }
 
     /// Reads a small file whole; `Ok(None)` if there is none or it is
@@ -240,12 +253,13 @@ impl Folder {
 
     /// Renames `from` to `to` in this folder, never replacing anything:
     /// `Err(EXIST)` if `to` exists.
-    /// Whether `leaf` is `file` itself (the same inode, not a link to it
-    /// nor a file put there in its place).
+    /// Whether `leaf` is `file` itself and its only name (the same inode,
+    /// not a link to it, not a file put there in its place, not one a
+    /// hard link elsewhere also reaches).
     pub fn holds_file(&self, leaf: &str, file: &File) -> io::Result<bool> {
         let ours = rustix::fs::fstat(file).map_err(errno)?;
         match rustix::fs::statat(&self.fd, leaf, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => Ok(st.st_dev == ours.st_dev && st.st_ino == ours.st_ino),
+            Ok(st) => Ok(st.st_dev == ours.st_dev && st.st_ino == ours.st_ino && st.st_nlink == 1),
             Err(Errno::NOENT) => Ok(false),
             Err(e) => Err(errno(e)),
         }
@@ -349,5 +363,26 @@ mod tests {
         folder.remove("c").unwrap();
         folder.remove("c").unwrap();
         assert!(out.available().unwrap() > 0);
+    }
+
+    #[test]
+    fn a_hard_link_at_the_name_is_replaced_not_written_through() {
+        use std::fs;
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim.txt");
+        fs::write(&victim, b"theirs").unwrap();
+        fs::hard_link(&victim, dir.path().join("part")).unwrap();
+        let out = OutDir::open(dir.path()).unwrap();
+        let folder = out.folder_of("part", false).unwrap().unwrap();
+        let mut file = folder.open_writable("part").unwrap();
+        file.write_all(b"ours").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"theirs");
+        assert_eq!(fs::read(dir.path().join("part")).unwrap(), b"ours");
+        assert!(folder.holds_file("part", &file).unwrap());
+        // A hard link made to it later: no longer only ours to land.
+        fs::hard_link(dir.path().join("part"), outside.path().join("grab")).unwrap();
+        assert!(!folder.holds_file("part", &file).unwrap());
     }
 }

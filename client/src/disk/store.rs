@@ -156,6 +156,20 @@ pub fn already_have(out: &OutDir, entry: &Entry) -> io::Result<Option<PathBuf>> 
 /// checked before (`room_for`), and a full disk still fails the write.
 pub fn open_part(spot: &Spot, size: u64) -> io::Result<File> {
     let file = spot.folder.open_writable(&spot.part())?;
+    // One writer per part file: a second fastdl client on the same
+    // folder would otherwise write its pieces into this one's. A POSIX
+    // record lock, held by the process: this client's own later attempts
+    // at the file never conflict with it.
+    match rustix::fs::fcntl_lock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK | Errno::ACCESS) => {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the part file is locked by another download of this file (another fastdl client on the same folder?)",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
     let len = file.metadata()?.len();
     if len == 0 && size <= fastdl_protocol::PIECE_SIZE {
         return Ok(file);
@@ -355,6 +369,25 @@ mod tests {
                 "{name} landed"
             );
         }
+    }
+
+    #[test]
+    fn a_part_file_has_one_writer_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutDir::open(dir.path()).unwrap();
+        let spot = Spot::make(&out, "x.bin").unwrap();
+        let _ours = open_part(&spot, 10).unwrap();
+        // Another process asking for the same lock (python's
+        // `fcntl.lockf` is F_SETLK, as ours) is refused.
+        let other = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import fcntl,sys; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB)")
+            .arg(spot.part_path())
+            .status()
+            .unwrap();
+        assert!(!other.success(), "another process got the lock");
+        // This process again: no conflict.
+        assert!(open_part(&spot, 10).is_ok());
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub struct Settings {
     /// `--plan`: let each file's source push it first.
     pub plan: bool,
     /// `--limit-rate`, shared by every connection.
-    pub limit: Option<RateLimit>,
+    pub limit: Option<Arc<RateLimit>>,
     /// Connect every worker at start instead of at its first request
     /// (`--once`: downloads follow at once, and the handshakes overlap
     /// the list fetch).
@@ -165,6 +165,12 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// `--limit-rate`, for bytes read outside the engine (URL probes), so
+    /// that one limit holds for the whole process.
+    pub fn limit(&self) -> Option<Arc<RateLimit>> {
+        self.shared.settings.limit.clone()
+    }
+
     /// Starts the workers: `settings.connections` per source. Outcomes go
     /// to `outcomes`, verified files to `verified` (the lander).
     pub fn start(

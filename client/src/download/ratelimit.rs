@@ -55,6 +55,30 @@ impl RateLimit {
     }
 }
 
+/// A reader held to a rate limit (none: as it is), for bytes read outside
+/// the engine's connections: a URL's probe, which brings the first piece.
+pub struct Limited<'a, R> {
+    inner: R,
+    limit: Option<&'a RateLimit>,
+}
+
+impl<'a, R> Limited<'a, R> {
+    pub fn new(inner: R, limit: Option<&'a RateLimit>) -> Limited<'a, R> {
+        Limited { inner, limit }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Limited<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(limit) = self.limit else {
+            return self.inner.read(buf);
+        };
+        let want = buf.len().min(limit.slice());
+        limit.acquire(want);
+        self.inner.read(&mut buf[..want])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

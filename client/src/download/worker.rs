@@ -230,7 +230,7 @@ impl Worker {
             Asked::Piece(attempt, request) => {
                 let length = piece_range(attempt.size(), request.piece).1;
                 let shared = Arc::clone(&self.shared);
-                let limit = shared.settings.limit.as_ref();
+                let limit = shared.settings.limit.as_deref();
                 let channel = live(&mut self.conn);
                 let landed = channel.await_range(length).and_then(|()| {
                     landing::land(
@@ -347,7 +347,7 @@ impl Worker {
     /// Runs a file's plan: its source pushes it over streams of its own;
     /// each chunk is landed like a piece.
     fn plan(&mut self, attempt: &Arc<Attempt>) {
-        let limit = self.shared.settings.limit.as_ref();
+        let limit = self.shared.settings.limit.as_deref();
         let name = self.src.name().to_owned();
         let source = self.source;
         let land = |reader: &mut dyn std::io::Read, piece: u64| {

@@ -46,11 +46,12 @@ impl Window {
         if self.waited < floor.window {
             return Ok(());
         }
-        let verdict = if self.got < floor.min_bytes() {
+        let verdict = if self.got < floor.min_bytes_over(self.waited) {
             Err(TooSlow {
                 got: self.got,
                 waited: self.waited,
                 floor: *floor,
+                stalled: false,
             })
         } else {
             Ok(())
@@ -62,16 +63,33 @@ impl Window {
 
 /// A server delivered less than the floor over a whole window.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "server too slow: {got} bytes in {:.0} s of waiting (--speed-limit {} B/s over --speed-time {} s)",
-    waited.as_secs_f64(),
-    floor.min_rate,
-    floor.window.as_secs()
-)]
+#[error("{}", self.describe())]
 pub struct TooSlow {
     pub got: u64,
     pub waited: Duration,
     pub floor: SpeedFloor,
+    /// Whether the last read waited a whole window for nothing (a stall,
+    /// whatever came before it).
+    pub stalled: bool,
+}
+
+impl TooSlow {
+    fn describe(&self) -> String {
+        if self.stalled {
+            format!(
+                "server sent nothing for {} s (--speed-time)",
+                self.floor.window.as_secs()
+            )
+        } else {
+            format!(
+                "server too slow: {} bytes in {:.0} s of waiting (--speed-limit {} B/s over --speed-time {} s)",
+                self.got,
+                self.waited.as_secs_f64(),
+                self.floor.min_rate,
+                self.floor.window.as_secs()
+            )
+        }
+    }
 }
 
 /// A reader that enforces a [`SpeedFloor`] on `inner`. The caller sets
@@ -124,6 +142,7 @@ impl<R: Read> Read for Paced<R> {
                     got: self.window.got,
                     waited: self.window.waited + waited,
                     floor: self.floor,
+                    stalled: true,
                 };
                 return Err(io::Error::new(io::ErrorKind::TimedOut, verdict));
             }
@@ -168,6 +187,18 @@ mod tests {
     }
 
     #[test]
+    fn a_window_stretched_by_a_long_wait_is_held_to_the_rate_over_all_of_it() {
+        // 10 s of bytes (10,000) after 19 s of waiting: about half the
+        // floor, which one window's worth of bytes used to pass.
+        let mut w = Window::default();
+        assert!(w.record(&FLOOR, 0, Duration::from_secs(9)).is_ok());
+        assert!(w.record(&FLOOR, 10_000, Duration::from_secs(10)).is_err());
+        let mut w = Window::default();
+        assert!(w.record(&FLOOR, 0, Duration::from_secs(9)).is_ok());
+        assert!(w.record(&FLOOR, 19_000, Duration::from_secs(10)).is_ok());
+    }
+
+    #[test]
     fn a_good_window_starts_a_new_one() {
         let mut w = Window::default();
         assert!(w.record(&FLOOR, 10_000, Duration::from_secs(10)).is_ok());
@@ -187,6 +218,6 @@ mod tests {
         let mut paced = Paced::new(Stalled, FLOOR);
         let e = paced.read(&mut [0u8; 8]).unwrap_err();
         assert!(is_too_slow(&e), "{e}");
-        assert!(e.to_string().contains("too slow"), "{e}");
+        assert!(e.to_string().contains("sent nothing for 10 s"), "{e}");
     }
 }

@@ -3,14 +3,17 @@
 //! The file belongs to the user and is only ever read. It is watched
 //! through its folder (editors replace files by renaming over them, which
 //! silences a watch on the file itself) and also polled, because network
-//! file systems send no events. Every read takes the whole file.
+//! file systems send no events. Every read takes the whole file, but a
+//! watch takes an unfinished last line (no newline yet) only once it has
+//! stayed the same for [`TAIL_SETTLE`]: a name appended in pieces (`echo
+//! -n`, a slow writer) is not fetched by its first half.
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Sender};
 use log::{debug, warn};
@@ -27,6 +30,10 @@ pub const MAX_INPUT_BYTES: u64 = 64 << 20;
 /// left is not a valid name and is refused as one, shown bounded in the
 /// log and the summary.
 pub const MAX_INPUT_LINE: usize = 16 << 10;
+
+/// Lines that are not text shown one by one; past this many they are
+/// counted.
+pub const MAX_UNREADABLE_SHOWN: usize = 1000;
 
 /// One line of input.txt that asks for something.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +63,7 @@ pub fn parse_names(content: &[u8], complete: bool) -> Vec<Line> {
     };
     let mut seen = HashSet::new();
     let mut names = Vec::new();
+    let (mut unreadable, mut more) = (0usize, 0usize);
     for raw in content.split(|&b| b == b'\n') {
         let raw = &raw[..raw.len().min(MAX_INPUT_LINE)];
         let line = match std::str::from_utf8(raw) {
@@ -65,10 +73,19 @@ pub fn parse_names(content: &[u8], complete: bool) -> Vec<Line> {
                 let valid = std::str::from_utf8(&raw[..e.valid_up_to()]).unwrap_or_default();
                 Line::Text(valid.trim().to_owned())
             }
-            Err(_) => Line::Unreadable {
-                shown: String::from_utf8_lossy(raw).trim().to_owned(),
-                why: "the line is not UTF-8 text (shown with \u{fffd} for what is not)",
-            },
+            // A file of garbage is refused in bounded memory: the first
+            // lines one by one, the rest counted.
+            Err(_) if unreadable >= MAX_UNREADABLE_SHOWN => {
+                more += 1;
+                continue;
+            }
+            Err(_) => {
+                unreadable += 1;
+                Line::Unreadable {
+                    shown: String::from_utf8_lossy(raw).trim().to_owned(),
+                    why: "the line is not UTF-8 text (shown with \u{fffd} for what is not)",
+                }
+            }
         };
         let key = match &line {
             Line::Text(name) if name.is_empty() || name.starts_with('#') => continue,
@@ -78,10 +95,23 @@ pub fn parse_names(content: &[u8], complete: bool) -> Vec<Line> {
             names.push(line);
         }
     }
-    if let Some(cut) = cut {
-        let start = &cut[..cut.len().min(80)];
+    if more > 0 {
         names.push(Line::Unreadable {
-            shown: format!("{}...", String::from_utf8_lossy(start).trim()),
+            shown: format!("{more} more lines"),
+            why: "not UTF-8 text (not shown one by one)",
+        });
+    }
+    if let Some(cut) = cut {
+        let start = String::from_utf8_lossy(&cut[..cut.len().min(80)])
+            .trim()
+            .to_owned();
+        let shown = if start.is_empty() {
+            "(what follows the first 64 MiB)".to_owned()
+        } else {
+            format!("{start}...")
+        };
+        names.push(Line::Unreadable {
+            shown,
             why: "the file is longer than 64 MiB; this line and every line after it were not read",
         });
     }
@@ -179,25 +209,34 @@ impl InputWatcher {
             })
             .ok();
 
-        let mut last: Option<Input> = None;
+        // What was last sent: the text read, and how much of it was taken.
+        let mut last: Option<(Input, usize)> = None;
+        let mut tail: Option<Tail> = None;
+        let mut recheck = None;
         let mut missing_reported = false;
         loop {
-            // Read now (at start, on an event, or at the poll), then wait
-            // for the next event, the next poll, or shutdown.
+            // Read now (at start, on an event, at the poll, or when an
+            // unfinished last line may have settled), then wait for the
+            // next of those, or shutdown.
             if self.shutdown.is_requested() {
                 return;
             }
             match read_input(&self.path) {
                 Ok(Some(input)) => {
                     missing_reported = false;
-                    if last.as_ref() != Some(&input) {
+                    let taken;
+                    (taken, recheck) = taken_now(&input.content, &mut tail, Instant::now());
+                    let changed = last
+                        .as_ref()
+                        .is_none_or(|(before, len)| *before != input || *len != taken);
+                    if changed {
                         debug!(
                             "{}: read {} bytes",
                             self.path.display(),
                             input.content.len()
                         );
-                        let names = input.lines();
-                        last = Some(input);
+                        let names = parse_names(&input.content[..taken], input.complete);
+                        last = Some((input, taken));
                         if self.names.send(names).is_err() {
                             return;
                         }
@@ -215,12 +254,62 @@ impl InputWatcher {
                 }
                 Err(e) => warn!("cannot read {}: {e}", self.path.display()),
             }
+            let wait = recheck.map_or(self.poll, |at: Instant| {
+                self.poll.min(at.saturating_duration_since(Instant::now()))
+            });
             select! {
                 recv(wake_rx) -> _ => {},
                 recv(self.shutdown.signal()) -> _ => return,
-                default(self.poll) => {},
+                default(wait) => {},
             }
         }
+    }
+}
+
+/// How long an unfinished last line (no newline yet) must stay the same
+/// before a watch takes it: a name being typed, or appended in pieces, is
+/// not a name yet (`--once` takes it at once: the file is complete).
+pub const TAIL_SETTLE: Duration = Duration::from_secs(1);
+
+/// An unfinished last line, and since when it has been the same.
+#[derive(Debug)]
+pub struct Tail {
+    text: Vec<u8>,
+    since: Instant,
+}
+
+/// How much of input.txt's `content` a watch takes at `now`: all of it,
+/// or all but an unfinished last line that has not stayed the same for
+/// [`TAIL_SETTLE`]; and when to read again for that line (`tail` keeps
+/// track of it between reads).
+pub fn taken_now(
+    content: &[u8],
+    tail: &mut Option<Tail>,
+    now: Instant,
+) -> (usize, Option<Instant>) {
+    let start = content
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let unfinished = &content[start..];
+    if unfinished.iter().all(u8::is_ascii_whitespace) {
+        *tail = None;
+        return (content.len(), None);
+    }
+    let since = match tail {
+        Some(t) if t.text == unfinished => t.since,
+        _ => {
+            *tail = Some(Tail {
+                text: unfinished.to_vec(),
+                since: now,
+            });
+            now
+        }
+    };
+    if now.saturating_duration_since(since) >= TAIL_SETTLE {
+        (content.len(), None)
+    } else {
+        (start, Some(since + TAIL_SETTLE))
     }
 }
 
@@ -267,6 +356,30 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_garbage_is_refused_in_bounded_memory() {
+        let mut bytes = Vec::new();
+        for i in 0..(MAX_UNREADABLE_SHOWN + 500) {
+            bytes.extend_from_slice(format!("good \u{e9} {i}\n").as_bytes());
+            bytes.extend_from_slice(format!("bad {i} ").as_bytes());
+            bytes.extend_from_slice(b"\xff\n");
+        }
+        let lines = parse_names(&bytes, true);
+        let refused: Vec<&Line> = lines
+            .iter()
+            .filter(|l| matches!(l, Line::Unreadable { .. }))
+            .collect();
+        // Lines that are text are all kept; the others up to the limit,
+        // then one line counting the rest.
+        assert_eq!(lines.len() - refused.len(), MAX_UNREADABLE_SHOWN + 500);
+        assert_eq!(refused.len(), MAX_UNREADABLE_SHOWN + 1);
+        assert!(
+            matches!(refused.last(), Some(Line::Unreadable { shown, .. }) if shown == "500 more lines"),
+            "{:?}",
+            refused.last()
+        );
+    }
+
+    #[test]
     fn the_rest_of_a_file_read_in_part_is_refused_and_its_cut_line_never_a_name() {
         let lines = parse_names(b"a.bin\nhttp://h/file.tar", false);
         assert_eq!(lines[0], Line::Text("a.bin".into()));
@@ -309,6 +422,24 @@ mod tests {
         let names = texts(text.as_bytes());
         assert_eq!(names.len(), 100_000);
         assert_eq!(names[99_999], "file99999");
+    }
+
+    #[test]
+    fn a_watch_takes_an_unfinished_last_line_only_once_it_stayed_the_same() {
+        let t0 = Instant::now();
+        let mut tail = None;
+        let text = b"a.bin\nhttp://h/report";
+        // Being appended: not yet.
+        assert_eq!(taken_now(text, &mut tail, t0), (6, Some(t0 + TAIL_SETTLE)));
+        let more = b"a.bin\nhttp://h/report.fin";
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(taken_now(more, &mut tail, t1), (6, Some(t1 + TAIL_SETTLE)));
+        // The same for a while: taken.
+        let t2 = t1 + TAIL_SETTLE;
+        assert_eq!(taken_now(more, &mut tail, t2), (more.len(), None));
+        // Finished lines are taken at once.
+        assert_eq!(taken_now(b"a\nb\n", &mut tail, t2), (4, None));
+        assert_eq!(taken_now(b"a\n  ", &mut tail, t2), (4, None));
     }
 
     #[test]

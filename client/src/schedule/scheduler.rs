@@ -42,10 +42,25 @@ pub struct Summary {
     pub already_had: usize,
     /// Lines given up on (their name or URL), and why.
     pub failed: Vec<(String, String)>,
+    /// Refused lines past the first [`MAX_REFUSALS_KEPT`]: counted, not
+    /// kept or shown one by one.
+    pub more_refused: usize,
     /// Whether Ctrl-C ended the run (exit 130 in `--once`).
     pub cancelled: bool,
     /// Why the run had to stop (a server no retry can help with).
     pub fatal: Option<String>,
+}
+
+/// Refused lines of input.txt kept (logged, shown in the summary, known
+/// by their text); past it they are only counted.
+pub const MAX_REFUSALS_KEPT: usize = 10_000;
+
+/// A line's hash, to know a refused line again without keeping it.
+fn line_hash(line: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    line.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Whether [`Scheduler::place`] reports what it decides (new names) or
@@ -114,6 +129,10 @@ pub struct Scheduler {
     parked: HashMap<String, u32>,
     next_refresh: Instant,
     summary: Summary,
+    /// Refused lines kept as items so far (see [`MAX_REFUSALS_KEPT`]).
+    refusals_kept: usize,
+    /// The hashes of refused lines past that.
+    refusals_past: std::collections::HashSet<u64>,
 }
 
 /// The memory held by a job's first piece fetched with it (see
@@ -138,6 +157,8 @@ impl Scheduler {
             parked: HashMap::new(),
             next_refresh: Instant::now(),
             summary: Summary::default(),
+            refusals_kept: 0,
+            refusals_past: std::collections::HashSet::new(),
         }
     }
 
@@ -293,6 +314,20 @@ impl Scheduler {
         if self.items.contains(&line) {
             return;
         }
+        if self.refusals_kept >= MAX_REFUSALS_KEPT {
+            // A file of garbage (64 MiB of it: 1.6 million lines) costs a
+            // hash per line from here on, not a log line, a summary line
+            // and a map entry each.
+            let first = self.refusals_past.is_empty();
+            if self.refusals_past.insert(line_hash(&line)) && self.policy.once {
+                self.summary.more_refused += 1;
+            }
+            if first {
+                warn!("more than {MAX_REFUSALS_KEPT} lines refused; further ones are counted, not shown");
+            }
+            return;
+        }
+        self.refusals_kept += 1;
         let shown = printable(&line).into_owned();
         warn!("{shown}: {why}; ignored");
         self.parts.progress.events.failed(&shown, &why, None);

@@ -177,6 +177,19 @@ fn ranges_of_another_version_never_land_even_when_if_range_is_ignored() {
     }
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(!run.work.join("data/m.bin").exists());
+
+    // The same, the other answers carrying no validator at all: not known
+    // to be of the first one's version, so not taken either.
+    let a = pattern(3 * MIB + 5, 1);
+    let b = pattern(3 * MIB + 5, 2);
+    let base = fake_web(move |asked, conn| match asked.range {
+        Some((0, last)) => send(conn, &a, Some((0, last)), "ETag: \"A\"\r\n"),
+        range => send(conn, &b, range, ""),
+    });
+    let run = Run::new(format!("{base}/m.bin\n").as_bytes());
+    let out = run.once(&["--retries", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!run.work.join("data/m.bin").exists());
 }
 
 /// Without any validator (no ETag, no Last-Modified), nothing tells two
@@ -222,7 +235,7 @@ fn a_stall_after_the_headers_is_cut_within_the_window() {
 
 /// The time the client holds a transfer back (`--limit-rate`) is not the
 /// server's: a 2.5 MiB file at 300 KiB/s, with a floor above that rate,
-/// is never cut. Also: a line that is not UTF-8 is refused (exit 1) and
+/// is never cut, and all of it is held to the limit. Also: a line that is not UTF-8 is refused (exit 1) and
 /// named, not skipped.
 #[test]
 fn limit_rate_pauses_do_not_count_against_the_server_and_bad_lines_are_refused() {
@@ -232,6 +245,7 @@ fn limit_rate_pauses_do_not_count_against_the_server_and_bad_lines_are_refused()
     let mut lines = format!("{base}/l.bin\n").into_bytes();
     lines.extend_from_slice(b"caf\xe9.txt\n");
     let run = Run::new(&lines);
+    let started = Instant::now();
     let out = run.once(&[
         "--limit-rate",
         "300K",
@@ -248,6 +262,10 @@ fn limit_rate_pauses_do_not_count_against_the_server_and_bad_lines_are_refused()
         "{}",
         stderr(&out)
     );
+    // The limit holds for every byte, the first piece (the URL's probe)
+    // included: 2.5 MiB at 300 KiB/s is 8.5 s (with a burst's leeway).
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(7), "took {took:?}");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("caf\u{fffd}.txt"), "{}", stderr(&out));
 }

@@ -74,7 +74,11 @@ impl SendPace {
         }
         let left = (self.queued_at_start + self.written).saturating_sub(queued);
         let taken = left.saturating_sub(self.left_at_window_start);
-        if taken < self.floor.min_bytes() {
+        if taken
+            < self
+                .floor
+                .min_bytes_over(now.saturating_duration_since(self.window_start))
+        {
             return Err(TooSlow {
                 taken,
                 window: now.saturating_duration_since(self.window_start),

@@ -63,16 +63,22 @@ pub struct OtherVersion {
 
 /// The validator of an answer, when it is not `want` (the file's first
 /// answer's): its ETag when `want` is one, else its Last-Modified. An
-/// answer without that header is taken at its `If-Range`.
+/// answer without it is not known to be of the same version (RFC 9110
+/// has a `206` carry the validators a `200` would), so it counts as
+/// another.
 fn other_version(want: &str, headers: &ureq::http::HeaderMap) -> Option<String> {
     let field = if is_etag(want) {
         "etag"
     } else {
         "last-modified"
     };
-    let got = headers.get(field)?;
-    (got.as_bytes() != want.as_bytes())
-        .then(|| String::from_utf8_lossy(got.as_bytes()).into_owned())
+    match headers.get(field) {
+        None => Some(format!("none (no {field})")),
+        Some(got) if got.as_bytes() != want.as_bytes() => {
+            Some(String::from_utf8_lossy(got.as_bytes()).into_owned())
+        }
+        Some(_) => None,
+    }
 }
 
 fn unexpected(text: String) -> SourceError {

@@ -22,6 +22,7 @@ use ureq::{Agent, ResponseExt};
 use super::{get, is_timeout};
 use crate::download::head::Head;
 use crate::download::outcome::{Algo, Check, Claimant};
+use crate::download::ratelimit::{Limited, RateLimit};
 use crate::net::pace::SpeedFloor;
 
 /// What a probe found out about a URL.
@@ -115,8 +116,13 @@ impl From<ureq::Error> for ProbeError {
     }
 }
 
-/// Probes `url`: a `GET` of its first piece.
-pub fn probe(agent: &Agent, url: &str, floor: SpeedFloor) -> Result<Probed, ProbeError> {
+/// Probes `url`: a `GET` of its first piece (read within `limit`).
+pub fn probe(
+    agent: &Agent,
+    url: &str,
+    floor: SpeedFloor,
+    limit: Option<&RateLimit>,
+) -> Result<Probed, ProbeError> {
     let response = get(agent, url, Some((0, PIECE_SIZE)), None)?;
     let status = response.status();
     let final_url = response.get_uri().to_string();
@@ -168,7 +174,7 @@ pub fn probe(agent: &Agent, url: &str, floor: SpeedFloor) -> Result<Probed, Prob
         let len = head_length as usize;
         let mut buf = Head::buffer(len);
         let got = read_full(
-            &mut super::body_of(response, head_length, floor),
+            &mut Limited::new(super::body_of(response, head_length, floor), limit),
             &mut buf[..len],
         )
         .map_err(ProbeError::Body)?;
@@ -318,17 +324,24 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Starts `threads` probing threads over `agent`.
-    pub fn start(agent: Agent, floor: SpeedFloor, threads: usize) -> Prober {
+    /// Starts `threads` probing threads over `agent`, their first pieces
+    /// held to `--limit-rate` (`limit`) as every other byte is.
+    pub fn start(
+        agent: Agent,
+        floor: SpeedFloor,
+        threads: usize,
+        limit: Option<Arc<RateLimit>>,
+    ) -> Prober {
         let (requests, jobs) = crossbeam_channel::unbounded::<(String, String)>();
         let (done, results) = crossbeam_channel::unbounded();
         for i in 0..threads.max(1) {
             let (jobs, done, agent) = (jobs.clone(), done.clone(), agent.clone());
+            let limit = limit.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("probe {i}"))
                 .spawn(move || {
                     for (key, url) in jobs {
-                        let result = probe(&agent, &url, floor);
+                        let result = probe(&agent, &url, floor, limit.as_deref());
                         if done.send((key, result)).is_err() {
                             return;
                         }
