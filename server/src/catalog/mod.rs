@@ -72,6 +72,9 @@ pub struct Catalog {
     cache: Mutex<HashMap<PathBuf, FileInfo>>,
     /// Skipped entries already reported (see [`scan::walk`]).
     reported: Mutex<HashSet<String>>,
+    /// The server's own files by device and inode, every version seen
+    /// (see [`scan::walk`]).
+    own: Mutex<HashSet<(u64, u64)>>,
     scan_lock: Mutex<()>,
 }
 
@@ -98,6 +101,7 @@ impl Catalog {
             generation: tokio::sync::watch::Sender::new(start_millis()),
             cache: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashSet::new()),
+            own: Mutex::new(HashSet::new()),
             scan_lock: Mutex::new(()),
         })
     }
@@ -132,7 +136,8 @@ impl Catalog {
         let _one_at_a_time = self.scan_lock.lock().unwrap_or_else(|p| p.into_inner());
         let found = {
             let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-            scan::walk(&self.root, &self.excluded, &mut reported)
+            let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+            scan::walk(&self.root, &self.excluded, &mut own, &mut reported)
         };
         let mut files = HashMap::with_capacity(found.len());
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());

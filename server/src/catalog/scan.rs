@@ -34,7 +34,12 @@ pub struct Found {
 /// never published (the server's own list file and log). `reported` holds
 /// the skipped entries already warned about; it is replaced by this
 /// walk's.
-pub fn walk(root: &Path, excluded: &[PathBuf], reported: &mut HashSet<String>) -> Vec<Found> {
+pub fn walk(
+    root: &Path,
+    excluded: &[PathBuf],
+    own: &mut HashSet<(u64, u64)>,
+    reported: &mut HashSet<String>,
+) -> Vec<Found> {
     let mut now_skipped = HashSet::new();
     let mut skip = |key: String, why: &str| {
         if !reported.contains(&key) {
@@ -42,11 +47,16 @@ pub fn walk(root: &Path, excluded: &[PathBuf], reported: &mut HashSet<String>) -
         }
         now_skipped.insert(key);
     };
-    let excluded_ids: Vec<(u64, u64)> = excluded
-        .iter()
-        .filter_map(|p| fs::metadata(p).ok())
-        .map(|m| (m.dev(), m.ino()))
-        .collect();
+    // The server's own files, by device and inode, as they are now and as
+    // they ever were (`own` keeps them across scans): a token file
+    // rotated by rename leaves its old inode behind, still holding tokens
+    // that may be valid, under any hard link made to it before.
+    own.extend(
+        excluded
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| (m.dev(), m.ino())),
+    );
     let mut found = Vec::new();
     let walker = WalkDir::new(root)
         .follow_links(false)
@@ -103,7 +113,7 @@ pub fn walk(root: &Path, excluded: &[PathBuf], reported: &mut HashSet<String>) -
             _ => continue,
         };
         // A hard link to one of the server's own files is that file.
-        if excluded_ids.contains(&(meta.dev(), meta.ino())) {
+        if own.contains(&(meta.dev(), meta.ino())) {
             continue;
         }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -155,14 +165,14 @@ mod tests {
         fs::write(root.join("a"), b"a").unwrap();
         std::os::unix::fs::symlink(outside.path(), root.join("out")).unwrap();
         let mut reported = HashSet::new();
-        let found = walk(&root, &[], &mut reported);
+        let found = walk(&root, &[], &mut HashSet::new(), &mut reported);
         assert_eq!(found.len(), 1);
         assert!(reported.contains("out"));
-        let again = walk(&root, &[], &mut reported);
+        let again = walk(&root, &[], &mut HashSet::new(), &mut reported);
         assert_eq!(again, found);
         assert!(reported.contains("out"), "still known, not warned again");
         fs::remove_file(root.join("out")).unwrap();
-        walk(&root, &[], &mut reported);
+        walk(&root, &[], &mut HashSet::new(), &mut reported);
         assert!(reported.is_empty());
     }
 
@@ -177,7 +187,7 @@ mod tests {
         std::os::unix::fs::symlink(root.join(".secret"), root.join("key.pem")).unwrap();
         std::os::unix::fs::symlink(root.join(".git/config"), root.join("gitcfg")).unwrap();
         std::os::unix::fs::symlink(root.join("plain"), root.join("alias")).unwrap();
-        let names: Vec<String> = walk(&root, &[], &mut HashSet::new())
+        let names: Vec<String> = walk(&root, &[], &mut HashSet::new(), &mut HashSet::new())
             .into_iter()
             .map(|f| f.name)
             .collect();
@@ -193,7 +203,18 @@ mod tests {
         fs::write(&key, b"PRIVATE").unwrap();
         fs::hard_link(&key, root.join("innocent.txt")).unwrap();
         fs::write(root.join("plain"), b"p").unwrap();
-        let names: Vec<String> = walk(&root, &[key], &mut HashSet::new())
+        let mut own = HashSet::new();
+        let names: Vec<String> = walk(&root, &[key.clone()], &mut own, &mut HashSet::new())
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, ["plain"]);
+        // Rotated by rename: the old version, still linked here, stays
+        // unlisted.
+        let new = outside.path().join("identity.new");
+        fs::write(&new, b"NEW").unwrap();
+        fs::rename(&new, &key).unwrap();
+        let names: Vec<String> = walk(&root, &[key], &mut own, &mut HashSet::new())
             .into_iter()
             .map(|f| f.name)
             .collect();
