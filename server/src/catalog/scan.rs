@@ -204,10 +204,15 @@ mod tests {
         fs::hard_link(&key, root.join("innocent.txt")).unwrap();
         fs::write(root.join("plain"), b"p").unwrap();
         let mut own = HashSet::new();
-        let names: Vec<String> = walk(&root, &[key.clone()], &mut own, &mut HashSet::new())
-            .into_iter()
-            .map(|f| f.name)
-            .collect();
+        let names: Vec<String> = walk(
+            &root,
+            std::slice::from_ref(&key),
+            &mut own,
+            &mut HashSet::new(),
+        )
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
         assert_eq!(names, ["plain"]);
         // Rotated by rename: the old version, still linked here, stays
         // unlisted.
