@@ -156,13 +156,7 @@ async fn requests(
             Waited::Closed => {
                 if ticket.evicted() {
                     debug!("{peer}: closed to make room for a new connection");
-                    // Out of the table now: a last word only within the
-                    // budget of closing sockets.
-                    if let Some(_slot) = ctx.closing.enter() {
-                        session
-                            .last_word(&Reply::error(ErrorCode::Timeout, EVICTED))
-                            .await;
-                    }
+                    session.evicted_word().await;
                 }
                 break;
             }
@@ -228,8 +222,8 @@ async fn set_up(
     debug!("{peer}: {why}; closing");
     // Evicted, it is out of the table: a last word only within the budget
     // of closing sockets.
-    let slot = ctx.closing.enter();
-    if !ctx.transport.is_tls() && (slot.is_some() || !ticket.evicted()) {
+    let slot = ticket.evicted().then(|| ctx.closing.enter());
+    if !ctx.transport.is_tls() && !matches!(slot, Some(None)) {
         transport::say(&stream, &Reply::error(ErrorCode::Timeout, why)).await;
     }
     None
@@ -252,6 +246,16 @@ const EVICTED: &str =
     "closed to make room: the server is full and this connection was idle longest";
 
 impl Session<'_> {
+    /// The last word of a connection closed to make room. It is out of the
+    /// table already, so it has one only within the budget of closing
+    /// sockets (`limits::Closing`).
+    async fn evicted_word(&mut self) {
+        if let Some(_slot) = self.ctx.closing.enter() {
+            self.last_word(&Reply::error(ErrorCode::Timeout, EVICTED))
+                .await;
+        }
+    }
+
     /// Answers what came in place of a request line: the request, or the
     /// error the line had. `None`: the connection is over.
     async fn on_line(&mut self, line: Result<String, LineError>) -> Option<(Verdict, Next)> {
@@ -431,9 +435,7 @@ impl Session<'_> {
                 biased;
                 () = ticket.close.cancelled() => {
                     if ticket.evicted() {
-                        if let Some(_slot) = self.ctx.closing.enter() {
-                            self.last_word(&Reply::error(ErrorCode::Timeout, EVICTED)).await;
-                        }
+                        self.evicted_word().await;
                     }
                     return;
                 }
